@@ -1,0 +1,92 @@
+import json
+import math
+
+import pytest
+
+from retinanet_lib.config import (
+    BACKGROUND_CLASS,
+    IGNORE_CLASS,
+    AnchorConfig,
+    EncoderConfig,
+    RetinaNetConfig,
+)
+
+
+def test_defaults_follow_the_paper():
+    cfg = RetinaNetConfig()
+    assert cfg.anchors.levels == (3, 4, 5, 6, 7)
+    assert cfg.anchors.strides == (8, 16, 32, 64, 128)
+    assert [b * b for b in cfg.anchors.base_sizes] == [32**2, 64**2, 128**2, 256**2, 512**2]
+    assert cfg.anchors.aspect_ratios == (0.5, 1.0, 2.0)
+    assert cfg.anchors.scales == pytest.approx((1.0, 2 ** (1 / 3), 2 ** (2 / 3)))
+    assert cfg.anchors.num_anchors_per_location == 9
+    assert (cfg.encoder.match_iou, cfg.encoder.ignore_iou) == (0.5, 0.4)
+    assert cfg.encoder.box_variance == (0.1, 0.1, 0.2, 0.2)
+    assert BACKGROUND_CLASS == -1 and IGNORE_CLASS == -2
+
+
+def test_round_trip_through_json():
+    cfg = RetinaNetConfig(image_size=256, encoder=EncoderConfig(match_low_quality=True))
+    restored = RetinaNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert restored == cfg
+    assert isinstance(restored.anchors.levels, tuple)
+
+
+def test_config_is_frozen():
+    cfg = RetinaNetConfig()
+    with pytest.raises(AttributeError):
+        cfg.image_size = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"levels": (3, 4), "base_sizes": (32.0,)},
+        {"levels": (4, 3), "base_sizes": (32.0, 64.0)},
+        {"aspect_ratios": (0.5, -1.0)},
+        {"scales": ()},
+        {"base_sizes": (32.0, 64.0, math.inf, 256.0, 512.0)},
+    ],
+)
+def test_bad_anchor_config_raises(kwargs):
+    with pytest.raises(ValueError):
+        AnchorConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"match_iou": 0.3, "ignore_iou": 0.4},
+        {"ignore_iou": 0.0},
+        {"box_variance": (0.1, 0.1, 0.2)},
+        {"box_variance": (0.1, 0.0, 0.2, 0.2)},
+    ],
+)
+def test_bad_encoder_config_raises(kwargs):
+    with pytest.raises(ValueError):
+        EncoderConfig(**kwargs)
+
+
+def test_bad_top_level_values_raise():
+    with pytest.raises(ValueError):
+        RetinaNetConfig(image_size=0)
+    with pytest.raises(ValueError):
+        RetinaNetConfig(num_classes=0)
+    with pytest.raises(ValueError, match="Unknown"):
+        RetinaNetConfig.from_dict({"image_sise": 3})
+
+
+def test_run_mode_switch(monkeypatch):
+    from retinanet_lib.config import RUN_MODE_ENV, config_for_mode, run_mode_from_env
+
+    monkeypatch.delenv(RUN_MODE_ENV, raising=False)
+    assert run_mode_from_env() == "cpu"
+    monkeypatch.setenv(RUN_MODE_ENV, " FULL ")
+    assert run_mode_from_env() == "full"
+    monkeypatch.setenv(RUN_MODE_ENV, "gpu")
+    with pytest.raises(ValueError, match="RETINANET_MODE"):
+        run_mode_from_env()
+    assert config_for_mode("cpu").image_size == 256
+    assert config_for_mode("full").image_size == 512
+    with pytest.raises(ValueError):
+        config_for_mode("fast")
