@@ -191,10 +191,11 @@ def clip_boxes(boxes_xyxy: TensorLike, image_height: float, image_width: float) 
         `(..., 4)` float32 clipped boxes.
     """
     boxes_xyxy = _as_boxes(boxes_xyxy, "boxes_xyxy")
-    if image_height <= 0 or image_width <= 0:
+    static = not (tf.is_tensor(image_height) or tf.is_tensor(image_width))
+    if static and (image_height <= 0 or image_width <= 0):
         raise ValueError(f"Image size must be positive, got {image_height}x{image_width}.")
-    upper = tf.constant([image_width, image_height, image_width, image_height], tf.float32)
-    return tf.clip_by_value(boxes_xyxy, 0.0, upper)
+    height, width = tf.cast(image_height, tf.float32), tf.cast(image_width, tf.float32)
+    return tf.clip_by_value(boxes_xyxy, 0.0, tf.stack([width, height, width, height]))
 
 
 def scale_boxes(boxes_xyxy: TensorLike, scale_x: float, scale_y: float) -> tf.Tensor:
@@ -211,4 +212,5 @@ def scale_boxes(boxes_xyxy: TensorLike, scale_x: float, scale_y: float) -> tf.Te
         `(..., 4)` float32 scaled boxes.
     """
     boxes_xyxy = _as_boxes(boxes_xyxy, "boxes_xyxy")
-    return boxes_xyxy * tf.constant([scale_x, scale_y, scale_x, scale_y], tf.float32)
+    scale_x, scale_y = tf.cast(scale_x, tf.float32), tf.cast(scale_y, tf.float32)
+    return boxes_xyxy * tf.stack([scale_x, scale_y, scale_x, scale_y])

@@ -28,9 +28,13 @@ __all__ = [
     "PRIOR_PROBABILITY",
     "RUN_MODES",
     "RUN_MODE_ENV",
+    "BACKBONES",
     "AnchorConfig",
+    "DataConfig",
+    "ModelConfig",
     "EncoderConfig",
     "RetinaNetConfig",
+    "SyntheticConfig",
     "config_for_mode",
     "run_mode_from_env",
 ]
@@ -133,7 +137,92 @@ class EncoderConfig:
         _check_positive("box_variance", self.box_variance)
 
 
-_SECTIONS: dict[str, type] = {"anchors": AnchorConfig, "encoder": EncoderConfig}
+#: Backbones `retinanet_lib.model.build_backbone` knows.
+BACKBONES = ("resnet50", "small_resnet")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Image preprocessing, augmentation and the train/validation split.
+
+    Attributes:
+        clahe_clip_limit: CLAHE contrast limit (OpenCV `clipLimit`).
+        clahe_tile_grid: CLAHE tiles per side (OpenCV `tileGridSize`).
+        validation_fraction: Share of patients held out for validation.
+        horizontal_flip: Randomly mirror training images (boxes mirrored too).
+        max_rotation_degrees: Training images are rotated by up to this angle either way.
+        max_shift_fraction: ... and shifted by up to this fraction of the side.
+        shuffle_buffer: Size of the training shuffle buffer.
+        seed: Seed of the split, shuffling and augmentation.
+    """
+
+    clahe_clip_limit: float = 2.0
+    clahe_tile_grid: int = 8
+    validation_fraction: float = 0.2
+    horizontal_flip: bool = True
+    max_rotation_degrees: float = 5.0
+    max_shift_fraction: float = 0.06
+    shuffle_buffer: int = 512
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.clahe_clip_limit <= 0 or self.clahe_tile_grid < 1:
+            raise ValueError("CLAHE needs clahe_clip_limit > 0 and clahe_tile_grid >= 1.")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must lie in (0, 1), got {self.validation_fraction}."
+            )
+        if not 0.0 <= self.max_rotation_degrees <= 45.0:
+            raise ValueError("max_rotation_degrees must lie in [0, 45].")
+        if not 0.0 <= self.max_shift_fraction < 0.5:
+            raise ValueError("max_shift_fraction must lie in [0, 0.5).")
+
+    @property
+    def augments(self) -> bool:
+        """Whether any augmentation is switched on."""
+        return self.horizontal_flip or self.max_rotation_degrees > 0 or self.max_shift_fraction > 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Backbone, feature pyramid and heads.
+
+    Attributes:
+        backbone: One of `BACKBONES`: the blog's `"resnet50"` or the CPU-sized
+            `"small_resnet"` that trains from scratch in minutes.
+        backbone_weights: `"imagenet"`, a path to a weights file, or `None` (random init).
+        freeze_backbone: Train only the FPN and heads (the blog's transfer-learning setup).
+        fpn_channels: Width of the pyramid features P3..P7 and of the head convolutions
+            (256 in the paper).
+        head_convs: Number of 3x3 conv + ReLU layers in each head before its output conv.
+        small_resnet_widths: Channels of the small backbone's stages (C2..C5).
+    """
+
+    backbone: str = "resnet50"
+    backbone_weights: str | None = "imagenet"
+    freeze_backbone: bool = True
+    fpn_channels: int = 256
+    head_convs: int = 4
+    small_resnet_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "small_resnet_widths", tuple(self.small_resnet_widths))
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}.")
+        if self.fpn_channels < 1 or self.head_convs < 0:
+            raise ValueError("Need fpn_channels >= 1 and head_convs >= 0.")
+        if len(self.small_resnet_widths) != 4 or min(self.small_resnet_widths) < 1:
+            raise ValueError(
+                f"small_resnet_widths needs 4 positive values, got {self.small_resnet_widths}."
+            )
+
+
+_SECTIONS: dict[str, type] = {
+    "anchors": AnchorConfig,
+    "encoder": EncoderConfig,
+    "data": DataConfig,
+    "model": ModelConfig,
+}
 
 
 @dataclass(frozen=True)
@@ -145,12 +234,16 @@ class RetinaNetConfig:
         num_classes: Number of object classes (RSNA: 1, lung opacity).
         anchors: Anchor geometry.
         encoder: Matching thresholds and box variance.
+        data: Preprocessing, augmentation and split.
+        model: Backbone, FPN and heads.
     """
 
     image_size: int = 512
     num_classes: int = 1
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
         if int(self.image_size) != self.image_size or self.image_size < 1:
@@ -181,7 +274,6 @@ class RetinaNetConfig:
 RUN_MODES = ("cpu", "full")
 #: Environment variable that chooses the run mode in every chapter's parameters cell.
 RUN_MODE_ENV = "RETINANET_MODE"
-_IMAGE_SIZE_FOR_MODE = {"cpu": 256, "full": 512}
 
 
 def run_mode_from_env(default: str = "cpu") -> str:
@@ -197,7 +289,87 @@ def run_mode_from_env(default: str = "cpu") -> str:
 
 
 def config_for_mode(mode: str) -> RetinaNetConfig:
-    """The detector config of a run mode: 256 px for `"cpu"`, the blog's 512 px for `"full"`."""
+    """The detector config of a run mode.
+
+    `"full"` is the blog's setup: 512 px, ResNet50 with ImageNet weights, frozen, FPN and heads
+    256 wide. `"cpu"` keeps the anchors, matching and loss but uses a 256 px input and the small
+    backbone trained from scratch with 64-wide FPN and heads, so it trains in minutes.
+    """
     if mode not in RUN_MODES:
         raise ValueError(f"Unknown run mode {mode!r}; use one of {RUN_MODES}.")
-    return RetinaNetConfig(image_size=_IMAGE_SIZE_FOR_MODE[mode])
+    if mode == "full":
+        return RetinaNetConfig(image_size=512)
+    cpu_model = ModelConfig(
+        backbone="small_resnet",
+        backbone_weights=None,
+        freeze_backbone=False,
+        fpn_channels=64,
+        head_convs=2,
+    )
+    return RetinaNetConfig(image_size=256, model=cpu_model)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Settings of the synthetic RSNA-format data set (see `retinanet_lib.synthetic`).
+
+    Attributes:
+        num_train: Images in `stage_2_train_images/` (labelled in the CSV).
+        num_test: Unlabelled images in `stage_2_test_images/`.
+        image_size: Side of every image in pixels (RSNA: 1024).
+        positive_fraction: Share of training images with at least one opacity (RSNA: ~0.23).
+        box_count_probs: Probability of 1, 2, 3, ... boxes on a positive image.
+        box_width_median: Median opacity width in pixels (log-normal).
+        box_aspect_median: Median height / width of an opacity (RSNA boxes are tall).
+        box_size_log_sigma: Spread (log-normal sigma) of widths and aspects.
+        box_side_range: Smallest and largest box side drawn, in pixels.
+        opacity_strength_range: Added brightness of an opacity (image scale 0..1).
+        clutter_fraction: Share of negatives carrying faint lung-like clutter.
+        clutter_strength_range: Added brightness of clutter blobs (fainter than opacities).
+        noise_std_range: Standard deviation of the pixel noise (image scale 0..1).
+        compression: `"jpeg"` (JPEG baseline, as RSNA) or `"none"`.
+        jpeg_quality: Pillow JPEG quality.
+        seed: Everything is a deterministic function of this seed.
+    """
+
+    num_train: int = 300
+    num_test: int = 20
+    image_size: int = 1024
+    positive_fraction: float = 0.3
+    box_count_probs: tuple[float, ...] = (0.42, 0.52, 0.05, 0.01)
+    box_width_median: float = 220.0
+    box_aspect_median: float = 1.45
+    box_size_log_sigma: float = 0.3
+    box_side_range: tuple[float, float] = (40.0, 800.0)
+    opacity_strength_range: tuple[float, float] = (0.12, 0.26)
+    clutter_fraction: float = 0.5
+    clutter_strength_range: tuple[float, float] = (0.03, 0.07)
+    noise_std_range: tuple[float, float] = (0.01, 0.03)
+    compression: str = "jpeg"
+    jpeg_quality: int = 90
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "box_count_probs",
+            "box_side_range",
+            "opacity_strength_range",
+            "clutter_strength_range",
+            "noise_std_range",
+        ):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.num_train < 1 or self.num_test < 0:
+            raise ValueError(
+                f"Need num_train >= 1 and num_test >= 0, got {self.num_train}, {self.num_test}."
+            )
+        if self.image_size < 64:
+            raise ValueError(f"image_size must be at least 64, got {self.image_size}.")
+        if not 0.0 <= self.positive_fraction <= 1.0 or not 0.0 <= self.clutter_fraction <= 1.0:
+            raise ValueError("positive_fraction and clutter_fraction must lie in [0, 1].")
+        if not math.isclose(sum(self.box_count_probs), 1.0, abs_tol=1e-6):
+            raise ValueError(f"box_count_probs must sum to 1, got {self.box_count_probs}.")
+        low, high = self.box_side_range
+        if not 0 < low < high:
+            raise ValueError(f"box_side_range must be 0 < low < high, got {self.box_side_range}.")
+        if self.compression not in ("jpeg", "none"):
+            raise ValueError(f"compression must be 'jpeg' or 'none', got {self.compression!r}.")
