@@ -29,7 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from retinanet_lib.config import SyntheticConfig
 from retinanet_lib.dicom_io import write_dicom_image

@@ -131,3 +131,17 @@ def test_data_root_reads_the_environment(monkeypatch, tmp_path):
     assert str(data_root("fallback")) == "fallback"
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     assert data_root("fallback") == tmp_path
+
+
+def test_prepare_data_cpu_generates_once_and_full_explains(monkeypatch, tmp_path):
+    from retinanet_lib.config import SyntheticConfig
+    from retinanet_lib.rsna import prepare_data
+
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
+    small = SyntheticConfig(num_train=3, num_test=1, image_size=128)
+    root = prepare_data("cpu", small)
+    assert root == tmp_path / "synthetic" and check_rsna_layout(root) == []
+    with pytest.raises(FileNotFoundError, match="download_rsna.py"):
+        prepare_data("full")
+    with pytest.raises(ValueError, match="run mode"):
+        prepare_data("gpu")
