@@ -31,6 +31,7 @@ __all__ = [
     "BACKBONES",
     "AnchorConfig",
     "DataConfig",
+    "LossConfig",
     "ModelConfig",
     "EncoderConfig",
     "RetinaNetConfig",
@@ -217,7 +218,35 @@ class ModelConfig:
             )
 
 
+@dataclass(frozen=True)
+class LossConfig:
+    """The detection loss.
+
+    Attributes:
+        alpha: Weight of the positive class in the classification loss (negatives get
+            `1 - alpha`); `None` weighs both equally (plain cross-entropy when `gamma` is 0).
+        gamma: Focusing parameter: `(1 - p_t) ** gamma` down-weights easy examples; 0 gives
+            (alpha-balanced) cross-entropy.
+        smooth_l1_delta: Where smooth L1 turns from quadratic to linear (`delta` / `beta`).
+        box_loss_weight: Weight of the box term against the classification term.
+    """
+
+    alpha: float | None = 0.25
+    gamma: float = 2.0
+    smooth_l1_delta: float = 1.0
+    box_loss_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1) or be None, got {self.alpha}.")
+        if self.gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
+        if self.smooth_l1_delta <= 0 or self.box_loss_weight < 0:
+            raise ValueError("Need smooth_l1_delta > 0 and box_loss_weight >= 0.")
+
+
 _SECTIONS: dict[str, type] = {
+    "loss": LossConfig,
     "anchors": AnchorConfig,
     "encoder": EncoderConfig,
     "data": DataConfig,
@@ -236,6 +265,7 @@ class RetinaNetConfig:
         encoder: Matching thresholds and box variance.
         data: Preprocessing, augmentation and split.
         model: Backbone, FPN and heads.
+        loss: Focal loss and smooth L1 settings.
     """
 
     image_size: int = 512
@@ -244,6 +274,7 @@ class RetinaNetConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
         if int(self.image_size) != self.image_size or self.image_size < 1:
