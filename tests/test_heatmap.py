@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from retinanet_lib.heatmap import box_coverage, score_heatmap
+
+
+def heatmap_reference(boxes, scores, shape, reduce="mean"):
+    """The blog's construction: loop over boxes and pixels."""
+    total = np.zeros(shape)
+    divider = np.zeros(shape)
+    for box, score in zip(boxes, scores, strict=True):
+        for row in range(shape[0]):
+            for col in range(shape[1]):
+                if box[0] <= col + 0.5 < box[2] and box[1] <= row + 0.5 < box[3]:
+                    weight = 1.0 if reduce == "mean" else score
+                    total[row, col] += weight * score
+                    divider[row, col] += weight
+    return np.divide(total, divider, out=np.zeros(shape), where=divider > 0), divider
+
+
+def random_boxes(rng, count, extent):
+    top_left = rng.uniform(-0.3 * extent, extent, (count, 2))  # some cross the borders
+    return np.concatenate([top_left, top_left + rng.uniform(0, 0.6 * extent, (count, 2))], 1)
+
+
+@pytest.mark.parametrize("reduce", ["mean", "score_weighted"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_heatmap_equals_slow_reference(reduce, seed):
+    rng = np.random.default_rng(seed)
+    boxes = random_boxes(rng, 40, 32)
+    boxes[0] = [-5, -5, 50, 50]  # covers everything, beyond all borders
+    boxes[1] = [31.6, 31.6, 40, 40]  # touches only the last pixel's edge
+    boxes[2] = [10, 10, 10, 20]  # zero width: covers nothing
+    scores = rng.uniform(0, 1, 40)
+    expected, divider = heatmap_reference(boxes, scores, (32, 40), reduce)
+    got = score_heatmap(boxes, scores, (32, 40), reduce=reduce)
+    assert got.shape == (32, 40) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(
+        box_coverage(boxes, (32, 40)), heatmap_reference(boxes, scores, (32, 40))[1]
+    )
+    assert got.min() >= 0 and got.max() <= 1
+
+
+def test_uncovered_pixels_are_zero_and_mean_is_sum_over_count():
+    boxes = np.array([[0, 0, 4, 4], [2, 2, 6, 6]], float)
+    scores = np.array([0.2, 0.8])
+    heatmap = score_heatmap(boxes, scores, (8, 8))
+    assert heatmap[0, 0] == pytest.approx(0.2)
+    assert heatmap[3, 3] == pytest.approx(0.5)  # (0.2 + 0.8) / 2
+    assert heatmap[5, 5] == pytest.approx(0.8)
+    assert heatmap[7, 7] == 0.0 and heatmap[0, 7] == 0.0
+    weighted = score_heatmap(boxes, scores, (8, 8), reduce="score_weighted")
+    assert weighted[3, 3] == pytest.approx((0.04 + 0.64) / 1.0)
+
+
+def test_no_boxes_and_bad_arguments():
+    assert score_heatmap(np.zeros((0, 4)), np.zeros(0), (5, 6)).sum() == 0
+    with pytest.raises(ValueError, match="reduce"):
+        score_heatmap(np.zeros((1, 4)), np.zeros(1), (5, 5), reduce="max")
+    with pytest.raises(ValueError, match="scores"):
+        score_heatmap(np.zeros((2, 4)), np.zeros(1), (5, 5))

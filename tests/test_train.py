@@ -1,0 +1,179 @@
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retinanet_lib.config import RetinaNetConfig, TrainConfig, config_for_mode
+from retinanet_lib.encoding import LabelEncoder
+from retinanet_lib.train import (
+    BEST_WEIGHTS,
+    CONFIG_FILE,
+    NanLossError,
+    StopOnNaN,
+    learning_rate_schedule,
+    load_trained_model,
+    make_optimizer,
+    train_retinanet,
+)
+
+TINY = dataclasses.replace(
+    config_for_mode("cpu"),
+    image_size=64,
+    train=TrainConfig(epochs=3, batch_size=2, optimizer="adam", learning_rates=(3e-3,)),
+)
+
+
+def test_blog_schedule_values_at_each_boundary():
+    schedule = learning_rate_schedule(TrainConfig(), steps_per_epoch=100)
+    expected = {
+        0: 5e-4,
+        499: 5e-4,
+        500: 5e-5,
+        999: 5e-5,
+        1000: 2.5e-5,
+        1500: 2.5e-6,
+        2000: 1e-6,
+        2499: 1e-6,
+        10_000: 1e-6,
+    }
+    for step, value in expected.items():
+        assert float(schedule(step)) == pytest.approx(value, rel=1e-6), step
+    single = learning_rate_schedule(TrainConfig(learning_rates=(1e-3,)), 10)
+    assert float(single(0)) == float(single(10**6)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError):
+        learning_rate_schedule(TrainConfig(), 0)
+
+
+def test_optimizers():
+    assert isinstance(make_optimizer(TrainConfig(), 10), keras.optimizers.SGD)
+    assert isinstance(make_optimizer(TrainConfig(optimizer="adam"), 10), keras.optimizers.Adam)
+    with pytest.raises(ValueError):
+        TrainConfig(optimizer="rmsprop")
+
+
+def tiny_datasets(cfg, num_images=8, seed=0):
+    """Images with one bright square each; targets from the real encoder."""
+    rng = np.random.default_rng(seed)
+    encoder = LabelEncoder(cfg)
+    images = np.full((num_images, 64, 64, 3), -1.0, np.float32)
+    targets = []
+    for index in range(num_images):
+        x0, y0 = rng.integers(4, 30, 2)
+        size = rng.integers(18, 30)
+        images[index, y0 : y0 + size, x0 : x0 + size] = 1.0
+        box = np.array([[x0, y0, x0 + size, y0 + size]], np.float32)
+        targets.append(encoder.encode_sample(box, [0]).numpy())
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.stack(targets)))
+    return dataset.batch(cfg.train.batch_size), dataset.batch(cfg.train.batch_size)
+
+
+def test_training_lowers_the_loss_and_keeps_best_weights(tmp_path):
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(TINY)
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=6))
+    result = train_retinanet(cfg, train, val, tmp_path, verbose=0)
+    losses = result.history["loss"]
+    assert losses[-1] < 0.7 * losses[0]
+    assert (tmp_path / BEST_WEIGHTS).is_file() and (tmp_path / "history.csv").is_file()
+    assert (tmp_path / "logs").is_dir()
+    saved = RetinaNetConfig.from_dict(json.loads((tmp_path / CONFIG_FILE).read_text()))
+    assert saved == cfg
+    model, loaded_cfg = load_trained_model(tmp_path)
+    images = next(iter(val))[0]
+    np.testing.assert_allclose(model(images), result.model(images), rtol=1e-5, atol=1e-5)
+    assert loaded_cfg.model.backbone_weights is None
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path):
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(TINY)
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=4))
+    with pytest.raises(KeyboardInterrupt):
+        train_retinanet(
+            cfg,
+            train,
+            val,
+            tmp_path,
+            verbose=0,
+            tensorboard=False,
+            extra_callbacks=[_Interrupt(at_epoch=1)],
+        )
+    recorder = _EpochRecorder()
+    result = train_retinanet(
+        cfg, train, val, tmp_path, verbose=0, tensorboard=False, extra_callbacks=[recorder]
+    )
+    assert recorder.epochs == [2, 3]  # epochs 0 and 1 were done before the interruption
+    assert len(result.history["loss"]) == 2
+
+
+def test_nan_loss_stops_with_a_clear_error():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss=lambda y, p: p * float("nan"))
+    with pytest.raises(NanLossError, match="learning rate"):
+        model.fit(np.ones((4, 1)), np.ones((4, 1)), epochs=1, verbose=0, callbacks=[StopOnNaN()])
+
+
+def test_load_trained_model_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_trained_model(tmp_path)
+
+
+def test_mirrored_strategy_on_two_logical_cpus_runs_a_step():
+    """A fresh process (logical devices must be set before TensorFlow starts)."""
+    script = textwrap.dedent(
+        """
+        import dataclasses, numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from retinanet_lib.anchors import num_anchors
+        from retinanet_lib.config import TrainConfig, config_for_mode
+        from retinanet_lib.losses import RetinaNetLoss
+        from retinanet_lib.model import build_retinanet
+        from retinanet_lib.train import make_optimizer
+        cfg = dataclasses.replace(config_for_mode("cpu"), image_size=64,
+                                  train=TrainConfig(batch_size=4, optimizer="adam"))
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            model = build_retinanet(cfg)
+            model.compile(optimizer=make_optimizer(cfg.train, 1), loss=RetinaNetLoss())
+        images = np.zeros((4, 64, 64, 3), np.float32)
+        count = num_anchors(64, 64, cfg.anchors)
+        targets = np.concatenate([np.zeros((4, count, 4)), -np.ones((4, count, 1))], -1)
+        data = tf.data.Dataset.from_tensor_slices((images, targets.astype(np.float32))).batch(4)
+        history = model.fit(data, epochs=1, verbose=0)
+        print("replicas", strategy.num_replicas_in_sync, "loss", history.history["loss"][0])
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "replicas 2" in result.stdout
+    loss = float(result.stdout.split("loss")[-1])
+    assert np.isfinite(loss)
