@@ -16,7 +16,13 @@ from matplotlib.collections import PolyCollection
 from retinanet_lib.anchors import feature_map_sizes
 from retinanet_lib.config import AnchorConfig
 
-__all__ = ["draw_boxes", "plot_anchor_centers", "show_image"]
+__all__ = [
+    "draw_boxes",
+    "plot_anchor_centers",
+    "plot_history",
+    "show_heatmap",
+    "show_image",
+]
 
 TensorLike = Any
 
@@ -120,3 +126,52 @@ def plot_anchor_centers(
         ax.set_xticks([])
         ax.set_yticks([])
     return axes
+
+
+def show_heatmap(
+    ax: Axes,
+    image: TensorLike,
+    heatmap: TensorLike,
+    gt_boxes_xyxy: TensorLike | None = None,
+    pred_boxes_xyxy: TensorLike | None = None,
+    alpha: float = 0.45,
+    colorbar: bool = True,
+    title: str | None = None,
+) -> Axes:
+    """The blog's figure: a probability map over the X-ray (red likely, blue unlikely).
+
+    Args:
+        ax: Target axes.
+        image: `(H, W)` grayscale X-ray.
+        heatmap: `(H, W)` probabilities in [0, 1] (same pixel grid as `image`).
+        gt_boxes_xyxy: Ground-truth boxes, drawn in red; skipped when `None`.
+        pred_boxes_xyxy: Detections after NMS, drawn dashed white; skipped when `None`.
+        alpha: Opacity of the heatmap.
+        colorbar: Add a colour bar labelled "probability".
+        title: Axes title.
+
+    Returns:
+        `ax`.
+    """
+    show_image(ax, image, title=title)
+    overlay = ax.imshow(np.asarray(heatmap), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+    if colorbar:
+        ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label="probability")
+    if gt_boxes_xyxy is not None:
+        draw_boxes(ax, gt_boxes_xyxy, color="red", linewidth=2.0)
+    if pred_boxes_xyxy is not None:
+        draw_boxes(ax, pred_boxes_xyxy, color="white", linewidth=1.5, linestyle="--")
+    return ax
+
+
+def plot_history(
+    ax: Axes, history: dict[str, list[float]], keys: tuple[str, ...] = ("loss", "val_loss")
+) -> Axes:
+    """Training curves (one line per key) against epochs, starting at 1."""
+    for key in keys:
+        values = history.get(key)
+        if values:
+            ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=key)
+    ax.set_xlabel("epoch")
+    ax.legend()
+    return ax
