@@ -17,6 +17,7 @@ from retinanet_lib.anchors import feature_map_sizes
 from retinanet_lib.config import AnchorConfig
 
 __all__ = [
+    "draw_architecture",
     "draw_boxes",
     "plot_anchor_centers",
     "plot_history",
@@ -174,4 +175,98 @@ def plot_history(
             ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=key)
     ax.set_xlabel("epoch")
     ax.legend()
+    return ax
+
+
+def draw_architecture(ax: Axes, image_size: int, fpn_channels: int, num_classes: int = 1) -> Axes:
+    """Schematic of RetinaNet: backbone C3..C5 -> FPN P3..P7 -> shared class and box heads.
+
+    Each block is labelled with its feature-map size for a square `image_size` input.
+    """
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 6.4)
+    ax.axis("off")
+    box_style = {"boxstyle": "round,pad=0.25", "linewidth": 1.2}
+    levels = [3, 4, 5, 6, 7]
+    sizes = {level: -(-image_size // 2**level) for level in levels}
+    for row, level in enumerate(levels):
+        y = 0.6 + row * 1.15
+        if level <= 5:
+            ax.text(
+                1.3,
+                y,
+                f"C{level}\n{sizes[level]}x{sizes[level]}",
+                ha="center",
+                va="center",
+                bbox={**box_style, "facecolor": "#cfe2f3"},
+                fontsize=9,
+            )
+        ax.text(
+            4.6,
+            y,
+            f"P{level}\n{sizes[level]}x{sizes[level]}x{fpn_channels}",
+            ha="center",
+            va="center",
+            bbox={**box_style, "facecolor": "#d9ead3"},
+            fontsize=9,
+        )
+        source = 1.3 if level <= 5 else 4.6
+        source_y = y if level <= 5 else y - 1.15
+        start_x = source + 0.55
+        if level <= 5:
+            ax.annotate(
+                "", xy=(3.85, y), xytext=(start_x, source_y), arrowprops={"arrowstyle": "->"}
+            )
+        else:
+            ax.annotate(
+                "",
+                xy=(4.6, y - 0.3),
+                xytext=(
+                    4.6 if level == 7 else 1.3,
+                    source_y + 0.3 if level == 7 else 0.6 + 2 * 1.15 + 0.3,
+                ),
+                arrowprops={"arrowstyle": "->", "linestyle": "--"},
+            )
+        ax.annotate(
+            "",
+            xy=(6.6, 3.9),
+            xytext=(5.45, y),
+            arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6},
+        )
+        ax.annotate(
+            "",
+            xy=(6.6, 2.1),
+            xytext=(5.45, y),
+            arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6},
+        )
+    for upper in (1, 2):  # top-down path: P5 -> P4 -> P3 (upsample x2 and add)
+        top, bottom = 0.6 + upper * 1.15, 0.6 + (upper - 1) * 1.15
+        ax.annotate(
+            "",
+            xy=(3.55, bottom + 0.25),
+            xytext=(3.55, top - 0.25),
+            arrowprops={"arrowstyle": "->", "color": "tab:green"},
+        )
+    ax.text(3.35, 1.75, "x2 up\n+ add", ha="right", va="center", fontsize=8, color="tab:green")
+    ax.text(
+        7.9,
+        3.9,
+        f"class head (shared)\n9 x {num_classes} logits / cell",
+        ha="center",
+        va="center",
+        bbox={**box_style, "facecolor": "#fce5cd"},
+        fontsize=9,
+    )
+    ax.text(
+        7.9,
+        2.1,
+        "box head (shared)\n9 x 4 deltas / cell",
+        ha="center",
+        va="center",
+        bbox={**box_style, "facecolor": "#fce5cd"},
+        fontsize=9,
+    )
+    ax.text(1.3, 6.3, "backbone", ha="center", fontsize=10, weight="bold")
+    ax.text(4.6, 6.3, "feature pyramid", ha="center", fontsize=10, weight="bold")
+    ax.text(7.9, 6.3, "heads", ha="center", fontsize=10, weight="bold")
     return ax
