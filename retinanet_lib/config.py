@@ -412,7 +412,11 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
         head_convs=2,
     )
     cpu_train = TrainConfig(
-        epochs=20, batch_size=8, optimizer="adam", learning_rates=(1e-3, 1e-4), epochs_per_drop=14
+        epochs=20,
+        batch_size=8,
+        optimizer="adam",
+        learning_rates=(1e-3, 1e-4),
+        epochs_per_drop=14,
     )
     return RetinaNetConfig(image_size=256, model=cpu_model, train=cpu_train)
 

@@ -124,6 +124,19 @@ def split_targets(targets: TensorLike) -> tuple[tf.Tensor, tf.Tensor]:
     return targets[..., :4], targets[..., 4]
 
 
+def _checked_inputs(gt_boxes_xyxy, gt_classes, batched: bool, caller: str):
+    """Converts boxes and classes and checks their ranks (`(G, 4)`/`(G,)`, or batched)."""
+    gt_boxes_xyxy = _as_boxes(gt_boxes_xyxy, "gt_boxes_xyxy")
+    gt_classes = tf.convert_to_tensor(gt_classes)
+    box_rank, lead = (3, "B, G") if batched else (2, "G")
+    if gt_boxes_xyxy.shape.rank != box_rank or gt_classes.shape.rank != box_rank - 1:
+        raise ValueError(
+            f"{caller} needs gt_boxes_xyxy ({lead}, 4) and gt_classes ({lead}), got "
+            f"{gt_boxes_xyxy.shape} and {gt_classes.shape}."
+        )
+    return gt_boxes_xyxy, gt_classes
+
+
 class LabelEncoder:
     """Turns ground-truth boxes into per-anchor training targets.
 
@@ -158,13 +171,9 @@ class LabelEncoder:
         return int(self.anchors_xyxy.shape[0])
 
     def _match(self, gt_boxes_xyxy: TensorLike, gt_classes: TensorLike):
-        gt_boxes_xyxy = _as_boxes(gt_boxes_xyxy, "gt_boxes_xyxy")
-        gt_classes = tf.convert_to_tensor(gt_classes)
-        if gt_boxes_xyxy.shape.rank != 2 or gt_classes.shape.rank != 1:
-            raise ValueError(
-                "encode_sample needs gt_boxes_xyxy (G, 4) and gt_classes (G,), got "
-                f"{gt_boxes_xyxy.shape} and {gt_classes.shape}."
-            )
+        gt_boxes_xyxy, gt_classes = _checked_inputs(
+            gt_boxes_xyxy, gt_classes, batched=False, caller="encode_sample"
+        )
         iou = pairwise_iou(self.anchors_xyxy, gt_boxes_xyxy)  # (A, G)
         matched, positive_mask, ignore_mask = match_anchors(iou, self.cfg.encoder)
         return gt_boxes_xyxy, tf.cast(gt_classes, tf.float32), matched, positive_mask, ignore_mask
@@ -232,13 +241,9 @@ class LabelEncoder:
         Returns:
             `(B, num_anchors, 5)` float32 packed targets.
         """
-        gt_boxes_xyxy = _as_boxes(gt_boxes_xyxy, "gt_boxes_xyxy")
-        gt_classes = tf.convert_to_tensor(gt_classes)
-        if gt_boxes_xyxy.shape.rank != 3 or gt_classes.shape.rank != 2:
-            raise ValueError(
-                "encode_batch needs gt_boxes_xyxy (B, G, 4) and gt_classes (B, G), got "
-                f"{gt_boxes_xyxy.shape} and {gt_classes.shape}."
-            )
+        gt_boxes_xyxy, gt_classes = _checked_inputs(
+            gt_boxes_xyxy, gt_classes, batched=True, caller="encode_batch"
+        )
         return tf.map_fn(
             lambda sample: self.encode_sample(sample[0], sample[1]),
             (gt_boxes_xyxy, gt_classes),

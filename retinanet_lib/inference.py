@@ -23,9 +23,26 @@ from retinanet_lib.config import DecodeConfig, RetinaNetConfig
 from retinanet_lib.encoding import decode_box_deltas
 from retinanet_lib.model import split_predictions
 
-__all__ = ["Detections", "decode_all", "detect", "rescale_to_original"]
+__all__ = ["Detections", "decode_all", "detect", "predict_images", "rescale_to_original"]
 
 TensorLike = Any
+
+
+def predict_images(model: Any, images: TensorLike, batch_size: int = 8) -> np.ndarray:
+    """Model outputs for an in-memory `(N, S, S, 3)` batch of model inputs, `batch_size` at a
+    time, by calling the model directly (no `tf.data` pipeline or re-traced function per call).
+
+    Returns:
+        `(N, num_anchors, 4 + K)` float32 array.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    outputs = [
+        model(images[start : start + batch_size], training=False).numpy()
+        for start in range(0, int(images.shape[0]), batch_size)
+    ]
+    if not outputs:
+        return np.zeros((0, *model.output_shape[1:]), np.float32)
+    return np.concatenate(outputs)
 
 
 def decode_all(

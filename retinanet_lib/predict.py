@@ -22,7 +22,7 @@ import pandas as pd
 from retinanet_lib.anchors import generate_anchors
 from retinanet_lib.config import DecodeConfig, RetinaNetConfig
 from retinanet_lib.heatmap import score_heatmap
-from retinanet_lib.inference import decode_all, detect
+from retinanet_lib.inference import decode_all, detect, predict_images
 from retinanet_lib.preprocess import load_preprocessed_image, to_model_input
 
 __all__ = ["ImagePrediction", "predict_dicoms", "prediction_string", "submission_table"]
@@ -76,7 +76,7 @@ def predict_dicoms(
         batch_paths = [Path(p) for p in paths[start : start + batch_size]]
         loaded = [load_preprocessed_image(p, cfg.image_size, cfg.data) for p in batch_paths]
         images = np.stack([image for image, _ in loaded])
-        predictions = model.predict(to_model_input(images, cfg.model.backbone), verbose=0)
+        predictions = predict_images(model, to_model_input(images, cfg.model.backbone), batch_size)
         detections = detect(predictions, anchors_xyxy, cfg, decode_cfg)
         if heatmap_reduce is not None:
             all_boxes, probabilities = decode_all(predictions, anchors_xyxy, cfg)

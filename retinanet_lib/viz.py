@@ -178,6 +178,16 @@ def plot_history(
     return ax
 
 
+def _label(ax: Axes, x: float, y: float, text: str, color: str) -> None:
+    """A rounded, filled text box centred at `(x, y)`."""
+    style = {"boxstyle": "round,pad=0.25", "linewidth": 1.2, "facecolor": color}
+    ax.text(x, y, text, ha="center", va="center", bbox=style, fontsize=9)
+
+
+def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], **style) -> None:
+    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", **style})
+
+
 def draw_architecture(ax: Axes, image_size: int, fpn_channels: int, num_classes: int = 1) -> Axes:
     """Schematic of RetinaNet: backbone C3..C5 -> FPN P3..P7 -> shared class and box heads.
 
@@ -186,87 +196,27 @@ def draw_architecture(ax: Axes, image_size: int, fpn_channels: int, num_classes:
     ax.set_xlim(0, 10)
     ax.set_ylim(0, 6.4)
     ax.axis("off")
-    box_style = {"boxstyle": "round,pad=0.25", "linewidth": 1.2}
-    levels = [3, 4, 5, 6, 7]
-    sizes = {level: -(-image_size // 2**level) for level in levels}
-    for row, level in enumerate(levels):
-        y = 0.6 + row * 1.15
+    row_height = 1.15
+    rows = {level: 0.6 + index * row_height for index, level in enumerate((3, 4, 5, 6, 7))}
+    sizes = {level: -(-image_size // 2**level) for level in rows}
+    class_head_y, box_head_y = 3.9, 2.1
+    for level, y in rows.items():
+        side = sizes[level]
         if level <= 5:
-            ax.text(
-                1.3,
-                y,
-                f"C{level}\n{sizes[level]}x{sizes[level]}",
-                ha="center",
-                va="center",
-                bbox={**box_style, "facecolor": "#cfe2f3"},
-                fontsize=9,
-            )
-        ax.text(
-            4.6,
-            y,
-            f"P{level}\n{sizes[level]}x{sizes[level]}x{fpn_channels}",
-            ha="center",
-            va="center",
-            bbox={**box_style, "facecolor": "#d9ead3"},
-            fontsize=9,
-        )
-        source = 1.3 if level <= 5 else 4.6
-        source_y = y if level <= 5 else y - 1.15
-        start_x = source + 0.55
-        if level <= 5:
-            ax.annotate(
-                "", xy=(3.85, y), xytext=(start_x, source_y), arrowprops={"arrowstyle": "->"}
-            )
-        else:
-            ax.annotate(
-                "",
-                xy=(4.6, y - 0.3),
-                xytext=(
-                    4.6 if level == 7 else 1.3,
-                    source_y + 0.3 if level == 7 else 0.6 + 2 * 1.15 + 0.3,
-                ),
-                arrowprops={"arrowstyle": "->", "linestyle": "--"},
-            )
-        ax.annotate(
-            "",
-            xy=(6.6, 3.9),
-            xytext=(5.45, y),
-            arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6},
-        )
-        ax.annotate(
-            "",
-            xy=(6.6, 2.1),
-            xytext=(5.45, y),
-            arrowprops={"arrowstyle": "->", "color": "gray", "alpha": 0.6},
-        )
-    for upper in (1, 2):  # top-down path: P5 -> P4 -> P3 (upsample x2 and add)
-        top, bottom = 0.6 + upper * 1.15, 0.6 + (upper - 1) * 1.15
-        ax.annotate(
-            "",
-            xy=(3.55, bottom + 0.25),
-            xytext=(3.55, top - 0.25),
-            arrowprops={"arrowstyle": "->", "color": "tab:green"},
-        )
+            _label(ax, 1.3, y, f"C{level}\n{side}x{side}", "#cfe2f3")
+            _arrow(ax, (1.85, y), (3.85, y))  # lateral 1x1 convolution
+        _label(ax, 4.6, y, f"P{level}\n{side}x{side}x{fpn_channels}", "#d9ead3")
+        for head_y in (class_head_y, box_head_y):
+            _arrow(ax, (5.45, y), (6.6, head_y), color="gray", alpha=0.6)
+    _arrow(ax, (1.85, rows[5] + 0.3), (4.6, rows[6] - 0.3), linestyle="--")  # P6 from C5
+    _arrow(ax, (4.6, rows[6] + 0.3), (4.6, rows[7] - 0.3), linestyle="--")  # P7 from ReLU(P6)
+    for upper in (4, 5):  # top-down path: P5 -> P4 -> P3 (upsample x2 and add)
+        _arrow(ax, (3.55, rows[upper] - 0.25), (3.55, rows[upper - 1] + 0.25), color="tab:green")
     ax.text(3.35, 1.75, "x2 up\n+ add", ha="right", va="center", fontsize=8, color="tab:green")
-    ax.text(
-        7.9,
-        3.9,
-        f"class head (shared)\n9 x {num_classes} logits / cell",
-        ha="center",
-        va="center",
-        bbox={**box_style, "facecolor": "#fce5cd"},
-        fontsize=9,
+    _label(
+        ax, 7.9, class_head_y, f"class head (shared)\n9 x {num_classes} logits / cell", "#fce5cd"
     )
-    ax.text(
-        7.9,
-        2.1,
-        "box head (shared)\n9 x 4 deltas / cell",
-        ha="center",
-        va="center",
-        bbox={**box_style, "facecolor": "#fce5cd"},
-        fontsize=9,
-    )
-    ax.text(1.3, 6.3, "backbone", ha="center", fontsize=10, weight="bold")
-    ax.text(4.6, 6.3, "feature pyramid", ha="center", fontsize=10, weight="bold")
-    ax.text(7.9, 6.3, "heads", ha="center", fontsize=10, weight="bold")
+    _label(ax, 7.9, box_head_y, "box head (shared)\n9 x 4 deltas / cell", "#fce5cd")
+    for x, title in ((1.3, "backbone"), (4.6, "feature pyramid"), (7.9, "heads")):
+        ax.text(x, 6.3, title, ha="center", fontsize=10, weight="bold")
     return ax

@@ -6,8 +6,14 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from retinanet_lib.config import RetinaNetConfig  # noqa: E402
 
@@ -27,3 +33,42 @@ def tiny_cfg() -> RetinaNetConfig:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# The flags of the README's build command: warnings are errors, nitpicky references.
+BUILD_FLAGS = ["--all", "-W", "-n", "--keep-going"]
+
+
+def _jupyter_book() -> str:
+    found = shutil.which("jupyter-book", path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail("jupyter-book is not installed; `pip install -r requirements.txt`.")
+    return found
+
+
+def build_book(book_root: Path, config: dict, output: Path) -> subprocess.CompletedProcess:
+    config_path = output / "_config_test.yml"
+    output.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(yaml.safe_dump(config))
+    command = [
+        _jupyter_book(),
+        "build",
+        str(book_root),
+        "--path-output",
+        str(output),
+        "--config",
+        str(config_path),
+        *BUILD_FLAGS,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> Path:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    config["execute"]["execute_notebooks"] = "off"
+    output = tmp_path_factory.mktemp("book")
+    result = build_book(ROOT, config, output)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return output / "_build" / "html"

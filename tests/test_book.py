@@ -5,52 +5,14 @@ outputs are rendered instead (execution off), because nbval already executes eve
 the same test run.
 """
 
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 import yaml
 
+from .conftest import build_book
+
 ROOT = Path(__file__).resolve().parent.parent
-# The flags of the README's build command: warnings are errors, nitpicky references.
-BUILD_FLAGS = ["--all", "-W", "-n", "--keep-going"]
-
-
-def _jupyter_book() -> str:
-    found = shutil.which("jupyter-book", path=str(Path(sys.executable).parent))
-    if found is None:
-        pytest.fail("jupyter-book is not installed; `pip install -r requirements.txt`.")
-    return found
-
-
-def _build(book_root: Path, config: dict, output: Path) -> subprocess.CompletedProcess:
-    config_path = output / "_config_test.yml"
-    output.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(yaml.safe_dump(config))
-    command = [
-        _jupyter_book(),
-        "build",
-        str(book_root),
-        "--path-output",
-        str(output),
-        "--config",
-        str(config_path),
-        *BUILD_FLAGS,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def built_book(tmp_path_factory) -> Path:
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    config["execute"]["execute_notebooks"] = "off"
-    output = tmp_path_factory.mktemp("book")
-    result = _build(ROOT, config, output)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return output / "_build" / "html"
 
 
 def test_every_toc_page_is_rendered(built_book):
@@ -100,7 +62,7 @@ def _tiny_config(execute: str) -> dict:
 
 def test_build_fails_on_a_notebook_without_title(tmp_path):
     _tiny_book(tmp_path / "book", [nbformat.v4.new_markdown_cell("No heading here.")])
-    result = _build(tmp_path / "book", _tiny_config("off"), tmp_path / "out")
+    result = build_book(tmp_path / "book", _tiny_config("off"), tmp_path / "out")
     assert result.returncode != 0
     assert "title" in (result.stdout + result.stderr)
 
@@ -111,6 +73,6 @@ def test_build_fails_on_a_notebook_that_raises(tmp_path):
         nbformat.v4.new_code_cell("raise RuntimeError('boom')"),
     ]
     _tiny_book(tmp_path / "book", cells)
-    result = _build(tmp_path / "book", _tiny_config("cache"), tmp_path / "out")
+    result = build_book(tmp_path / "book", _tiny_config("cache"), tmp_path / "out")
     assert result.returncode != 0
     assert "boom" in (result.stdout + result.stderr)

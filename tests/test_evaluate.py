@@ -1,0 +1,87 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from retinanet_lib.boxes import scale_boxes, xywh_to_xyxy
+from retinanet_lib.config import SyntheticConfig, config_for_mode
+from retinanet_lib.encoding import LabelEncoder, split_targets
+from retinanet_lib.evaluate import (
+    evaluate_thresholds,
+    ground_truth_boxes,
+    predict_records,
+    score_at,
+)
+from retinanet_lib.model import build_retinanet
+from retinanet_lib.pipeline import make_records
+from retinanet_lib.rsna import load_rsna_labels
+from retinanet_lib.synthetic import write_synthetic_rsna
+
+CFG = dataclasses.replace(config_for_mode("cpu"), image_size=128)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    write_synthetic_rsna(
+        root,
+        SyntheticConfig(num_train=6, num_test=0, positive_fraction=0.5, seed=4),
+        progress=False,
+    )
+    labels = load_rsna_labels(root / "stage_2_train_labels.csv")
+    return make_records(root, labels, labels.patient_ids), labels
+
+
+def perfect_predictions(gt_boxes):
+    encoder = LabelEncoder(CFG)
+    outputs = []
+    for boxes in gt_boxes:
+        deltas, classes = split_targets(encoder.encode_sample(boxes, np.zeros(len(boxes), int)))
+        logits = np.where(classes.numpy() >= 0, 8.0, -8.0)[:, None]
+        outputs.append(np.concatenate([deltas.numpy(), logits], -1))
+    return np.stack(outputs).astype(np.float32)
+
+
+def test_ground_truth_is_the_csv_boxes_scaled_to_the_input(records):
+    recs, labels = records
+    gt = ground_truth_boxes(recs, CFG)
+    assert len(gt) == 6
+    for boxes, patient_boxes in zip(gt, recs.boxes_xywh, strict=True):
+        expected = scale_boxes(xywh_to_xyxy(patient_boxes), 128 / 1024, 128 / 1024)
+        np.testing.assert_allclose(boxes, expected, atol=1e-4)
+
+
+def test_perfect_predictions_score_one_and_empty_ones_zero(records):
+    recs, _ = records
+    gt = ground_truth_boxes(recs, CFG)
+    assert any(len(b) for b in gt) and any(not len(b) for b in gt)
+    perfect = perfect_predictions(gt)
+    assert score_at(perfect, gt, CFG, 0.5).rsna_metric == pytest.approx(1.0)
+    silent = perfect.copy()
+    silent[..., 4] = -8.0  # no confident anchor anywhere
+    assert score_at(silent, gt, CFG, 0.5).rsna_metric == 0.0
+    table = evaluate_thresholds(perfect, gt, CFG, (0.3, 0.9))
+    assert list(table.index) == [0.3, 0.9] and (table["rsna_metric"] == 1.0).all()
+
+
+def test_predict_records_keeps_order_and_shape(records):
+    recs, _ = records
+    model = build_retinanet(CFG)
+    predictions = predict_records(model, recs, CFG, batch_size=4)
+    assert predictions.shape == (6, 3069, 5) and predictions.dtype == np.float32
+    single = predict_records(
+        model,
+        dataclasses.replace(recs, paths=recs.paths[2:3], boxes_xywh=recs.boxes_xywh[2:3]),
+        CFG,
+    )
+    np.testing.assert_allclose(single[0], predictions[2], rtol=1e-4, atol=1e-4)
+
+
+def test_predict_images_matches_the_model_batch_by_batch():
+    from retinanet_lib.inference import predict_images
+
+    model = build_retinanet(CFG)
+    images = np.random.default_rng(0).normal(size=(5, 128, 128, 3)).astype(np.float32)
+    got = predict_images(model, images, batch_size=2)
+    assert got.shape == (5, 3069, 5)
+    np.testing.assert_allclose(got, np.asarray(model(images)), rtol=1e-4, atol=1e-4)
