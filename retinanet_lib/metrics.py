@@ -56,7 +56,6 @@ def pad_boxes(boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray] | None =
     """
     count = max([len(b) for b in boxes] + [1])
     padded = np.zeros((len(boxes), count, 4), np.float32)
-    valid = np.zeros((len(boxes), count), bool)
     padded_scores = np.zeros((len(boxes), count), np.float32)
     lengths = np.array([len(b) for b in boxes], int)
     valid = np.arange(count)[None, :] < lengths[:, None]
