@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from retinanet_lib.anchors import generate_anchors
 from retinanet_lib.config import RetinaNetConfig
-from retinanet_lib.inference import detect
+from retinanet_lib.inference import decode_all, non_max_suppression
 from retinanet_lib.metrics import DetectionScores, rsna_scores
 from retinanet_lib.pipeline import Records, make_dataset
 
@@ -47,6 +47,18 @@ def ground_truth_boxes(records: Records, cfg: RetinaNetConfig) -> list[np.ndarra
     return [boxes.numpy() for _, boxes in raw]
 
 
+def _score_decoded(boxes_xyxy, probabilities, gt_boxes_xyxy, cfg, score_threshold):
+    decode_cfg = dataclasses.replace(cfg.decode, score_threshold=score_threshold)
+    detections = non_max_suppression(boxes_xyxy, probabilities, decode_cfg)
+    per_image = [detections.for_image(i) for i in range(len(gt_boxes_xyxy))]
+    return rsna_scores(gt_boxes_xyxy, [p[0] for p in per_image], [p[1] for p in per_image])
+
+
+def _decode(predictions: np.ndarray, cfg: RetinaNetConfig):
+    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    return decode_all(tf.constant(predictions), anchors_xyxy, cfg)
+
+
 def score_at(
     predictions: np.ndarray,
     gt_boxes_xyxy: Sequence[np.ndarray],
@@ -54,11 +66,7 @@ def score_at(
     score_threshold: float,
 ) -> DetectionScores:
     """RSNA metric, precision and recall with detections above one score threshold."""
-    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
-    decode_cfg = dataclasses.replace(cfg.decode, score_threshold=score_threshold)
-    detections = detect(tf.constant(predictions), anchors_xyxy, cfg, decode_cfg)
-    per_image = [detections.for_image(i) for i in range(len(predictions))]
-    return rsna_scores(gt_boxes_xyxy, [p[0] for p in per_image], [p[1] for p in per_image])
+    return _score_decoded(*_decode(predictions, cfg), gt_boxes_xyxy, cfg, score_threshold)
 
 
 def evaluate_thresholds(
@@ -67,10 +75,14 @@ def evaluate_thresholds(
     cfg: RetinaNetConfig,
     score_thresholds: Sequence[float],
 ) -> pd.DataFrame:
-    """One row per score threshold: RSNA metric, precision and recall at IoU 0.5."""
+    """One row per score threshold: RSNA metric, precision and recall at IoU 0.5.
+
+    The predictions are decoded once; only NMS and the metric run per threshold.
+    """
+    boxes_xyxy, probabilities = _decode(predictions, cfg)
     rows = []
     for threshold in score_thresholds:  # a handful of thresholds, each fully vectorized
-        scores = score_at(predictions, gt_boxes_xyxy, cfg, float(threshold))
+        scores = _score_decoded(boxes_xyxy, probabilities, gt_boxes_xyxy, cfg, float(threshold))
         rows.append(
             {
                 "score_threshold": float(threshold),

@@ -23,7 +23,14 @@ from retinanet_lib.config import DecodeConfig, RetinaNetConfig
 from retinanet_lib.encoding import decode_box_deltas
 from retinanet_lib.model import split_predictions
 
-__all__ = ["Detections", "decode_all", "detect", "predict_images", "rescale_to_original"]
+__all__ = [
+    "Detections",
+    "decode_all",
+    "detect",
+    "non_max_suppression",
+    "predict_images",
+    "rescale_to_original",
+]
 
 TensorLike = Any
 
@@ -91,27 +98,22 @@ class Detections:
         )
 
 
-def detect(
-    predictions: TensorLike,
-    anchors_xyxy: TensorLike,
-    cfg: RetinaNetConfig,
-    decode_cfg: DecodeConfig | None = None,
+def non_max_suppression(
+    boxes_xyxy: TensorLike, probabilities: TensorLike, decode_cfg: DecodeConfig
 ) -> Detections:
-    """Score threshold + per-class NMS (`tf.image.combined_non_max_suppression`).
+    """Score threshold + per-class NMS (`tf.image.combined_non_max_suppression`) on boxes that
+    are already decoded (the output of `decode_all`).
 
     Args:
-        predictions: `(B, A, 4 + K)` model output.
-        anchors_xyxy: `(A, 4)` anchors.
-        cfg: Detector config.
-        decode_cfg: Overrides `cfg.decode` (e.g. another score threshold).
+        boxes_xyxy: `(B, A, 4)` decoded boxes in model-input pixels.
+        probabilities: `(B, A, K)` class probabilities.
+        decode_cfg: Score threshold, NMS IoU threshold, detections per image.
 
     Returns:
         Padded `Detections`.
     """
-    decode_cfg = decode_cfg or cfg.decode
-    boxes, probabilities = decode_all(predictions, anchors_xyxy, cfg)
     # combined NMS wants (B, A, 1, 4) boxes shared by all classes, in (y1, x1, y2, x2).
-    boxes_yxyx = tf.gather(boxes, [1, 0, 3, 2], axis=-1)[:, :, None, :]
+    boxes_yxyx = tf.gather(boxes_xyxy, [1, 0, 3, 2], axis=-1)[:, :, None, :]
     result = tf.image.combined_non_max_suppression(
         boxes_yxyx,
         probabilities,
@@ -127,6 +129,27 @@ def detect(
         classes=tf.cast(result.nmsed_classes, tf.int32).numpy(),
         num_detections=result.valid_detections.numpy().astype(np.int32),
     )
+
+
+def detect(
+    predictions: TensorLike,
+    anchors_xyxy: TensorLike,
+    cfg: RetinaNetConfig,
+    decode_cfg: DecodeConfig | None = None,
+) -> Detections:
+    """`decode_all`, then score threshold + per-class NMS (`non_max_suppression`).
+
+    Args:
+        predictions: `(B, A, 4 + K)` model output.
+        anchors_xyxy: `(A, 4)` anchors.
+        cfg: Detector config.
+        decode_cfg: Overrides `cfg.decode` (e.g. another score threshold).
+
+    Returns:
+        Padded `Detections`.
+    """
+    boxes_xyxy, probabilities = decode_all(predictions, anchors_xyxy, cfg)
+    return non_max_suppression(boxes_xyxy, probabilities, decode_cfg or cfg.decode)
 
 
 def rescale_to_original(boxes_xyxy: TensorLike, input_to_original_scale: float) -> np.ndarray:

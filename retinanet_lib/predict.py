@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from retinanet_lib.anchors import generate_anchors
+from retinanet_lib.boxes import scale_boxes
 from retinanet_lib.config import DecodeConfig, RetinaNetConfig
 from retinanet_lib.heatmap import score_heatmap
-from retinanet_lib.inference import decode_all, detect, predict_images
+from retinanet_lib.inference import decode_all, non_max_suppression, predict_images
 from retinanet_lib.preprocess import load_preprocessed_image, to_model_input
 
 __all__ = ["ImagePrediction", "predict_dicoms", "prediction_string", "submission_table"]
@@ -77,14 +78,12 @@ def predict_dicoms(
         loaded = [load_preprocessed_image(p, cfg.image_size, cfg.data) for p in batch_paths]
         images = np.stack([image for image, _ in loaded])
         predictions = predict_images(model, to_model_input(images, cfg.model.backbone), batch_size)
-        detections = detect(predictions, anchors_xyxy, cfg, decode_cfg)
-        if heatmap_reduce is not None:
-            all_boxes, probabilities = decode_all(predictions, anchors_xyxy, cfg)
+        all_boxes, probabilities = decode_all(predictions, anchors_xyxy, cfg)  # decoded once
+        detections = non_max_suppression(all_boxes, probabilities, decode_cfg or cfg.decode)
         for index, (path, (image, (scale_x, scale_y))) in enumerate(
             zip(batch_paths, loaded, strict=True)
         ):
             boxes, scores, _ = detections.for_image(index)
-            to_original = np.array([1 / scale_x, 1 / scale_y, 1 / scale_x, 1 / scale_y])
             heatmap = None
             if heatmap_reduce is not None:
                 heatmap = score_heatmap(
@@ -97,7 +96,7 @@ def predict_dicoms(
                 ImagePrediction(
                     patient_id=path.stem,
                     image=image,
-                    boxes_xyxy=(boxes * to_original).astype(np.float32),
+                    boxes_xyxy=scale_boxes(boxes, 1 / scale_x, 1 / scale_y).numpy(),
                     scores=scores,
                     heatmap=heatmap,
                     input_to_original_scale=(1 / scale_x, 1 / scale_y),

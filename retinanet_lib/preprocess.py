@@ -106,7 +106,7 @@ def to_model_input(image: TensorLike, backbone: str) -> tf.Tensor:
     return image / 127.5 - 1.0
 
 
-def _affine_matrix(size: float, angle: tf.Tensor, shift: tf.Tensor, flip: tf.Tensor, center):
+def _affine_matrix(angle: tf.Tensor, shift: tf.Tensor, flip: tf.Tensor, center):
     """3x3 forward transform (input -> output) about `center`: flip, rotate, shift."""
     flip_sign = tf.where(flip, -1.0, 1.0)
     flip_offset = tf.where(flip, 2.0 * center, 0.0)
@@ -185,8 +185,8 @@ def augment(
     max_shift = cfg.max_shift_fraction * size_f
     shift = tf.random.stateless_uniform([2], seeds[2], -1.0, 1.0) * max_shift
     # Continuous coordinates (pixel i covers [i, i + 1)) for boxes; pixel indices for pixels.
-    box_matrix = _affine_matrix(size_f, angle, shift, flip, size_f / 2.0)
-    pixel_matrix = _affine_matrix(size_f, angle, shift, flip, (size_f - 1.0) / 2.0)
+    box_matrix = _affine_matrix(angle, shift, flip, size_f / 2.0)
+    pixel_matrix = _affine_matrix(angle, shift, flip, (size_f - 1.0) / 2.0)
     inverse = tf.linalg.inv(pixel_matrix)  # the op maps output pixels to input pixels
     transform = tf.reshape(inverse, [-1])[:8] / inverse[2, 2]
     moved = tf.raw_ops.ImageProjectiveTransformV3(
