@@ -1,16 +1,25 @@
-"""The RSNA Pneumonia Detection Challenge metric, precision and recall.
+"""The RSNA Pneumonia Detection Challenge metric, average precision, and their intervals.
 
-Per image and IoU threshold `t` in 0.40, 0.45, ..., 0.75: predictions are visited by decreasing
-confidence; each is a true positive if some still-unmatched ground-truth box overlaps it with
-IoU >= `t` (it takes the one with the highest IoU), otherwise a false positive; ground-truth boxes
-left unmatched are false negatives. The image scores `TP / (TP + FP + FN)` at each threshold,
-averaged over thresholds. An image with neither ground truth nor predictions is **not counted**;
-an image with no ground truth but some predictions scores 0. The metric is the mean over counted
-images.
+Per image and IoU threshold `t` in 0.40, 0.45, ..., 0.75, predictions are matched to
+ground-truth boxes one to one; matched predictions are true positives (TP), the others false
+positives (FP), unmatched ground-truth boxes false negatives (FN). The image scores
+`TP / (TP + FP + FN)` at each threshold, averaged over thresholds. An image with neither ground
+truth nor predictions is **not counted**; an image with no ground truth but some predictions
+scores 0. The metric is the mean over counted images.
 
-The greedy matching is sequential by definition (a match removes a ground-truth box for the
-predictions that follow). The implementation visits prediction *ranks* in a loop of
-`max_detections` steps, each step vectorized over all images and all thresholds at once.
+How a match is decided is not fully pinned down by the competition. Its text calls a hit an IoU
+*greater than* the threshold; the widely used public implementation (the Kaggle kernel most
+teams copied) uses `>=`, and walks the ground-truth boxes in order, giving each the
+highest-confidence unmatched prediction that overlaps it enough. `rsna_scores` follows, by
+default, the rule written in the metric's description of mean average precision: predictions
+visited by **decreasing confidence**, each taking the still-unmatched ground-truth box with
+which it has the **highest IoU**, a hit when that IoU is **>= t**. Both other choices are
+options (`matching="ground_truth_first"`, `strict_iou=True`); they differ only on exact ties
+and on crowded images, and the tests show a case for each.
+
+The greedy matching is sequential by definition (a match removes a box for what follows). The
+implementation loops over prediction ranks (or ground-truth ranks), each step vectorized over
+all images and all thresholds at once.
 """
 
 from __future__ import annotations
@@ -20,7 +29,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RSNA_IOU_THRESHOLDS", "DetectionScores", "pad_boxes", "rsna_scores"]
+__all__ = [
+    "MATCHING_RULES",
+    "RSNA_IOU_THRESHOLDS",
+    "DetectionScores",
+    "PrecisionRecall",
+    "bootstrap_interval",
+    "pad_boxes",
+    "precision_recall",
+    "rsna_scores",
+]
+
+#: `"confidence_first"`: predictions by decreasing confidence each take the unmatched box of
+#: highest IoU (the default). `"ground_truth_first"`: boxes in order each take the
+#: highest-confidence unmatched prediction (the public Kaggle kernel).
+MATCHING_RULES = ("confidence_first", "ground_truth_first")
 
 #: The competition's IoU thresholds: 0.40, 0.45, ..., 0.75.
 RSNA_IOU_THRESHOLDS = np.round(np.arange(0.40, 0.751, 0.05), 2)
@@ -85,11 +108,65 @@ def _pairwise_iou_batched(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndar
     return np.divide(intersection, union, out=np.zeros_like(intersection), where=union > 0)
 
 
+def _match_confidence_first(iou, pred_valid, gt_valid, hits):
+    """Predictions by rank take the unmatched box of highest IoU. Returns `(I, T, N)` bool."""
+    num_images, num_thresholds = hits.shape[0], hits.shape[1]
+    available = np.repeat(gt_valid[:, None, :], num_thresholds, axis=1)  # (I, T, G)
+    matched = np.zeros((num_images, num_thresholds, iou.shape[1]), bool)
+    image_index = np.arange(num_images)[:, None]
+    threshold_index = np.arange(num_thresholds)[None, :]
+    for rank in range(iou.shape[1]):  # visit predictions by decreasing confidence
+        candidates = available & hits[:, :, rank, :] & pred_valid[:, rank, None, None]
+        best = np.argmax(np.where(candidates, iou[:, None, rank, :], -1.0), axis=-1)  # (I, T)
+        found = candidates.any(axis=-1)  # (I, T)
+        matched[:, :, rank] = found
+        available[image_index, threshold_index, best] &= ~found
+    return matched
+
+
+def _match_ground_truth_first(iou, pred_valid, gt_valid, hits):
+    """Boxes in order take the highest-confidence unmatched prediction. `(I, T, N)` bool."""
+    num_images, num_thresholds = hits.shape[0], hits.shape[1]
+    available = np.repeat(pred_valid[:, None, :], num_thresholds, axis=1)  # (I, T, N)
+    image_index = np.arange(num_images)[:, None]
+    threshold_index = np.arange(num_thresholds)[None, :]
+    for box in range(iou.shape[2]):  # visit ground-truth boxes in their given order
+        candidates = available & hits[:, :, :, box] & gt_valid[:, box, None, None]
+        first = np.argmax(candidates, axis=-1)  # highest confidence: predictions are sorted
+        found = candidates.any(axis=-1)
+        available[image_index, threshold_index, first] &= ~found
+    return pred_valid[:, None, :] & ~available
+
+
+def _matched_predictions(
+    gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, thresholds, matching, strict_iou
+):
+    """Padded, score-sorted predictions and which of them are hits at each threshold.
+
+    Returns:
+        matched `(I, T, N)` bool, pred_valid `(I, N)`, gt_valid `(I, G)`, sorted scores `(I, N)`.
+    """
+    if matching not in MATCHING_RULES:
+        raise ValueError(f"matching must be one of {MATCHING_RULES}, got {matching!r}.")
+    if not len(gt_boxes_xyxy) == len(pred_boxes_xyxy) == len(pred_scores):
+        raise ValueError("Need one entry per image in ground truth, boxes and scores.")
+    gt, gt_valid = pad_boxes(gt_boxes_xyxy)
+    pred, pred_valid, scores = pad_boxes(pred_boxes_xyxy, pred_scores)
+    iou = _pairwise_iou_batched(pred, gt)  # (I, N, G)
+    limits = np.asarray(thresholds, np.float64)[None, :, None, None]
+    hits = iou[:, None] > limits if strict_iou else iou[:, None] >= limits  # (I, T, N, G)
+    hits &= gt_valid[:, None, None, :]
+    rule = _match_confidence_first if matching == "confidence_first" else _match_ground_truth_first
+    return rule(iou, pred_valid, gt_valid, hits), pred_valid, gt_valid, scores
+
+
 def rsna_scores(
     gt_boxes_xyxy: Sequence[np.ndarray],
     pred_boxes_xyxy: Sequence[np.ndarray],
     pred_scores: Sequence[np.ndarray],
     iou_thresholds: np.ndarray = RSNA_IOU_THRESHOLDS,
+    matching: str = "confidence_first",
+    strict_iou: bool = False,
 ) -> DetectionScores:
     """Evaluates detections of many images with the RSNA rules (see the module docstring).
 
@@ -98,29 +175,17 @@ def rsna_scores(
         pred_boxes_xyxy: Per image, `(N_i, 4)` predicted boxes.
         pred_scores: Per image, `(N_i,)` confidences (only their order matters).
         iou_thresholds: `(T,)` IoU thresholds.
+        matching: One of `MATCHING_RULES`.
+        strict_iou: Count a hit only for IoU > t (the competition text) instead of >= t.
 
     Returns:
         The metric, per-image scores, and precision/recall at IoU 0.5.
     """
-    if not len(gt_boxes_xyxy) == len(pred_boxes_xyxy) == len(pred_scores):
-        raise ValueError("Need one entry per image in ground truth, boxes and scores.")
-    gt, gt_valid = pad_boxes(gt_boxes_xyxy)
-    pred, pred_valid, _ = pad_boxes(pred_boxes_xyxy, pred_scores)
     thresholds = np.asarray(iou_thresholds, np.float64)
-    iou = _pairwise_iou_batched(pred, gt)  # (I, N, G)
-    num_images, num_thresholds = len(gt), len(thresholds)
-    available = np.repeat(gt_valid[:, None, :], num_thresholds, axis=1)  # (I, T, G)
-    true_positives = np.zeros((num_images, num_thresholds), int)
-    image_index = np.arange(num_images)[:, None]
-    threshold_index = np.arange(num_thresholds)[None, :]
-    for rank in range(pred.shape[1]):  # visit predictions by decreasing confidence
-        iou_rank = iou[:, rank, None, :]  # (I, 1, G)
-        candidates = available & (iou_rank >= thresholds[None, :, None])
-        candidates &= pred_valid[:, rank, None, None]
-        best = np.argmax(np.where(candidates, iou_rank, -1.0), axis=-1)  # (I, T)
-        matched = candidates.any(axis=-1)  # (I, T)
-        true_positives += matched
-        available[image_index, threshold_index, best] &= ~matched
+    matched, pred_valid, gt_valid, _ = _matched_predictions(
+        gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, thresholds, matching, strict_iou
+    )
+    true_positives = matched.sum(axis=-1)  # (I, T)
     num_pred = pred_valid.sum(axis=1)[:, None]
     num_gt = gt_valid.sum(axis=1)[:, None]
     false_positives = num_pred - true_positives
@@ -144,3 +209,97 @@ def rsna_scores(
         false_positives=false_positives.sum(axis=0),
         false_negatives=false_negatives.sum(axis=0),
     )
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    """The precision-recall curve of a set of images at one IoU threshold.
+
+    Attributes:
+        average_precision: Area under the interpolated curve (all-point, as PASCAL VOC 2010+):
+            the sum over recall steps of the best precision at that recall or beyond. 0 when
+            there is no ground truth box.
+        precision: `(D,)` precision after each detection, detections by decreasing score.
+        recall: `(D,)` recall after each detection.
+        scores: `(D,)` the detections' scores, decreasing.
+        num_gt: Number of ground-truth boxes.
+    """
+
+    average_precision: float
+    precision: np.ndarray
+    recall: np.ndarray
+    scores: np.ndarray
+    num_gt: int
+
+
+def precision_recall(
+    gt_boxes_xyxy: Sequence[np.ndarray],
+    pred_boxes_xyxy: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    iou_threshold: float = 0.5,
+) -> PrecisionRecall:
+    """Pooled precision-recall curve and average precision (a threshold-free summary).
+
+    Detections of all images are pooled and sorted by score; each is a true positive if the
+    per-image matching (confidence first, IoU >= `iou_threshold`) matched it. Pass detections
+    with a low score threshold so that the curve reaches high recall.
+
+    Args:
+        gt_boxes_xyxy: Per image, `(G_i, 4)` ground-truth boxes.
+        pred_boxes_xyxy: Per image, `(N_i, 4)` detections.
+        pred_scores: Per image, `(N_i,)` their scores.
+        iou_threshold: IoU needed for a hit.
+
+    Returns:
+        The curve and its average precision.
+    """
+    matched, pred_valid, gt_valid, scores = _matched_predictions(
+        gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, [iou_threshold], "confidence_first", False
+    )
+    hit = matched[:, 0][pred_valid]  # (D,)
+    detection_scores = scores[pred_valid]
+    order = np.argsort(-detection_scores, kind="stable")
+    hit, detection_scores = hit[order], detection_scores[order]
+    num_gt = int(gt_valid.sum())
+    true_positives = np.cumsum(hit)
+    precision = true_positives / np.arange(1, len(hit) + 1)
+    recall = true_positives / max(num_gt, 1)
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]  # best precision at >= recall
+    recall_steps = np.diff(np.concatenate([[0.0], recall]))
+    average_precision = float(np.sum(recall_steps * envelope)) if num_gt else 0.0
+    return PrecisionRecall(average_precision, precision, recall, detection_scores, num_gt)
+
+
+def bootstrap_interval(
+    per_image: np.ndarray,
+    confidence: float = 0.95,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean over images (e.g. the RSNA metric).
+
+    Images are resampled with replacement; NaN entries (images the metric does not count)
+    are resampled too and skipped in each mean, exactly as the metric skips them.
+
+    Args:
+        per_image: `(I,)` per-image values, NaN for uncounted images.
+        confidence: Coverage of the interval.
+        num_resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        `(low, high)`.
+    """
+    values = np.asarray(per_image, np.float64).reshape(-1)
+    if not np.isfinite(values).any():
+        raise ValueError("No counted image: the interval is undefined.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
+    rng = np.random.default_rng(seed)
+    samples = values[rng.integers(0, len(values), size=(num_resamples, len(values)))]
+    counted = np.isfinite(samples)
+    sums = np.where(counted, samples, 0.0).sum(axis=1)
+    means = sums[counted.any(axis=1)] / counted.sum(axis=1)[counted.any(axis=1)]
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)

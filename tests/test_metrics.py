@@ -115,3 +115,161 @@ def test_pad_boxes_sorts_by_score():
     np.testing.assert_array_equal(valid, [[True, True], [False, False]])
     with pytest.raises(ValueError):
         rsna_scores([np.zeros((0, 4))], [], [])
+
+
+def average_precision_reference(gts, preds, scores, iou_threshold=0.5):
+    """VOC all-point AP written plainly: pool detections, walk them by score."""
+    pooled = []
+    for image, (gt, pred, score) in enumerate(zip(gts, preds, scores, strict=True)):
+        order = np.argsort(-np.asarray(score), kind="stable")
+        unmatched = list(range(len(gt)))
+        for i in order:
+            ious = [(iou_reference(pred[i], gt[j]), j) for j in unmatched]
+            best = max(ious, default=(0.0, None))
+            hit = best[1] is not None and best[0] >= iou_threshold
+            if hit:
+                unmatched.remove(best[1])
+            pooled.append((float(score[i]), image, hit))
+    pooled.sort(key=lambda item: -item[0])
+    num_gt = sum(len(g) for g in gts)
+    tp, points = 0, []
+    for rank, (_, _, hit) in enumerate(pooled, start=1):
+        tp += hit
+        points.append((tp / num_gt, tp / rank))
+    ap, previous_recall = 0.0, 0.0
+    for k, (recall, _) in enumerate(points):
+        best_precision = max(p for _, p in points[k:])
+        ap += (recall - previous_recall) * best_precision
+        previous_recall = recall
+    return ap
+
+
+def random_case(rng, num_images=40):
+    gts, preds, scores = [], [], []
+    for _ in range(num_images):
+        num_gt, num_pred = rng.integers(0, 4), rng.integers(0, 6)
+        gt = rng.uniform(0, 60, (num_gt, 2))
+        gt = np.concatenate([gt, gt + rng.uniform(10, 40, (num_gt, 2))], 1).astype(np.float32)
+        base = (
+            gt[rng.integers(0, num_gt, num_pred)] if num_gt else rng.uniform(0, 60, (num_pred, 4))
+        )
+        pred = (base + rng.normal(0, 5, (num_pred, 4))).astype(np.float32)
+        pred = np.concatenate(
+            [np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:])], 1
+        )
+        gts.append(gt)
+        preds.append(pred)
+        scores.append(rng.uniform(size=num_pred))
+    return gts, preds, scores
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_average_precision_matches_the_plain_computation(seed):
+    from retinanet_lib.metrics import precision_recall
+
+    gts, preds, scores = random_case(np.random.default_rng(seed))
+    curve = precision_recall(gts, preds, scores)
+    assert curve.average_precision == pytest.approx(
+        average_precision_reference(gts, preds, scores), abs=1e-12
+    )
+    assert curve.num_gt == sum(len(g) for g in gts)
+    assert (np.diff(curve.scores) <= 0).all() and (np.diff(curve.recall) >= 0).all()
+
+
+def test_average_precision_hand_values():
+    from retinanet_lib.metrics import precision_recall
+
+    box = np.array([[0, 0, 10, 10]], np.float32)
+    far = np.array([[50, 50, 60, 60]], np.float32)
+    # Two images, one box each. Detections by score: hit (0.9), miss (0.8), hit (0.7).
+    # Precision 1, 1/2, 2/3 at recall 1/2, 1/2, 1: AP = 1/2 * 1 + 1/2 * 2/3 = 5/6.
+    gts = [box, box]
+    preds = [np.concatenate([box, far]), box]
+    curve = precision_recall(gts, preds, [np.array([0.9, 0.8]), np.array([0.7])])
+    assert curve.average_precision == pytest.approx(5 / 6)
+    np.testing.assert_allclose(curve.precision, [1, 1 / 2, 2 / 3])
+    no_truth = precision_recall([np.zeros((0, 4))], [box], [np.ones(1)])
+    assert no_truth.average_precision == 0.0
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_images():
+    from retinanet_lib.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    small = rng.uniform(0, 1, 30)
+    large = rng.uniform(0, 1, 3000)
+    low, high = bootstrap_interval(small)
+    assert low < small.mean() < high
+    large_low, large_high = bootstrap_interval(large)
+    assert large_high - large_low < (high - low) / 5  # ~ 1 / sqrt(100)
+    # The standard error of a uniform mean is sqrt(1/12 / n): 95 % width about 3.92 of it.
+    assert large_high - large_low == pytest.approx(3.92 * np.sqrt(1 / 12 / 3000), rel=0.15)
+    with_uncounted = np.concatenate([small, [np.nan] * 10])
+    assert bootstrap_interval(with_uncounted)[0] < np.nanmean(with_uncounted)
+    constant = bootstrap_interval(np.full(10, 0.4))
+    assert constant == pytest.approx((0.4, 0.4))
+    with pytest.raises(ValueError):
+        bootstrap_interval(np.array([np.nan, np.nan]))
+
+
+def test_strict_iou_differs_only_on_an_exact_tie():
+    gt = [np.array([[0, 0, 2, 2]], np.float32)]
+    pred = [np.array([[0, 0, 2, 1]], np.float32)]  # IoU exactly 2 / 4 = 0.5
+    # >= 0.5 hits at 0.40, 0.45 and 0.50: 3 of 8 thresholds. > 0.5 only at 0.40, 0.45.
+    assert rsna_scores(gt, pred, [np.ones(1)]).rsna_metric == pytest.approx(3 / 8)
+    strict = rsna_scores(gt, pred, [np.ones(1)], strict_iou=True)
+    assert strict.rsna_metric == pytest.approx(2 / 8)
+
+
+def test_ground_truth_first_matching_differs_from_confidence_first():
+    a = [0, 0, 10, 10]
+    b = [4, 0, 14, 10]
+    p1 = [3, 0, 13, 10]  # confident; IoU with A 7/13 = 0.54, with B 9/11 = 0.82
+    p2 = [0, 0, 10, 10]  # less confident; IoU with A 1.0, with B 6/14 = 0.43
+    gt = [np.array([a, b], np.float32)]
+    preds = [np.array([p1, p2], np.float32)]
+    scores = [np.array([0.9, 0.5])]
+    at_half = np.array([0.5])
+    # Confidence first: p1 takes B (its best IoU), p2 takes A: 2 TP, score 1.
+    by_confidence = rsna_scores(gt, preds, scores, at_half)
+    assert by_confidence.true_positives.tolist() == [2] and by_confidence.rsna_metric == 1.0
+    # Ground truth first (the public kernel): A takes the most confident prediction that
+    # overlaps it enough, p1; B is left with p2 at IoU 0.43 < 0.5: 1 TP, 1 FP, 1 FN -> 1/3.
+    by_box = rsna_scores(gt, preds, scores, at_half, matching="ground_truth_first")
+    assert by_box.true_positives.tolist() == [1]
+    assert by_box.rsna_metric == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="matching"):
+        rsna_scores(gt, preds, scores, at_half, matching="best")
+
+
+def matches_reference(gt, pred, score, threshold, rule):
+    """Which predictions are true positives, by the two rules written plainly."""
+    order = list(np.argsort(-np.asarray(score), kind="stable"))
+    matched = set()
+    if rule == "confidence_first":
+        free = list(range(len(gt)))
+        for i in order:
+            ious = [(iou_reference(pred[i], gt[j]), j) for j in free]
+            best = max(ious, default=(0.0, None))
+            if best[1] is not None and best[0] >= threshold:
+                free.remove(best[1])
+                matched.add(i)
+    else:  # the public kernel: boxes in order take the first unmatched prediction
+        for j in range(len(gt)):
+            for i in order:
+                if i not in matched and iou_reference(pred[i], gt[j]) >= threshold:
+                    matched.add(i)
+                    break
+    return len(matched)
+
+
+@pytest.mark.parametrize("rule", ["confidence_first", "ground_truth_first"])
+def test_both_matching_rules_match_their_plain_versions(rule):
+    gts, preds, scores = random_case(np.random.default_rng(5), num_images=80)
+    thresholds = np.array([0.4, 0.6])
+    result = rsna_scores(gts, preds, scores, thresholds, matching=rule)
+    expected = [
+        sum(matches_reference(g, p, s, t, rule) for g, p, s in zip(gts, preds, scores, strict=True))
+        for t in thresholds
+    ]
+    assert result.true_positives.tolist() == expected
