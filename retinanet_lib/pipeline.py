@@ -3,8 +3,9 @@
 The blog wraps a Python generator in `tf.data.Dataset.from_generator`; that runs every step in
 one Python thread. Here the same steps are `tf.data` stages instead:
 
-1. `from_tensor_slices` over file paths and per-patient boxes (a ragged tensor);
-2. parallel `map`: DICOM decode + CLAHE + resize (OpenCV, via `tf.numpy_function`), boxes
+1. `from_tensor_slices` over file paths (the boxes wait in a ragged tensor, looked up by index);
+2. parallel `map`: DICOM decode + CLAHE + resize (OpenCV, via `tf.numpy_function`); a file that
+   cannot be read is skipped and recorded in a `RejectLog` (`filter`), never silently; boxes
    converted from the CSV's `"xywh"` to `"xyxy"` once and scaled by the same factor;
 3. `cache()`: the preprocessed 8-bit images are kept (in memory, or in a file), so decoding
    happens once, not every epoch;
@@ -30,9 +31,10 @@ from retinanet_lib.preprocess import (
     resize_boxes_to_input,
     to_model_input,
 )
+from retinanet_lib.rejects import RejectLog
 from retinanet_lib.rsna import TRAIN_IMAGES, RsnaLabels
 
-__all__ = ["Records", "make_dataset", "make_records"]
+__all__ = ["Records", "load_images", "make_dataset", "make_records", "num_batches"]
 
 
 @dataclass(frozen=True)
@@ -73,20 +75,79 @@ def make_records(
     )
 
 
-def _loader(cfg: RetinaNetConfig):
-    def load(path: bytes) -> tuple[np.ndarray, np.ndarray]:
-        image, scale_xy = load_preprocessed_image(path.decode(), cfg.image_size, cfg.data)
-        return image, np.asarray(scale_xy, np.float32)
+def _ragged_boxes(boxes_xywh: list[np.ndarray]) -> tf.RaggedTensor:
+    return tf.ragged.constant(
+        [b.tolist() for b in boxes_xywh], ragged_rank=1, inner_shape=(4,), dtype=tf.float32
+    )
 
-    def load_sample(path: tf.Tensor, boxes_xywh: tf.Tensor):
-        image, scale_xy = tf.numpy_function(load, [path], [tf.uint8, tf.float32], stateful=False)
-        image = tf.ensure_shape(image, (cfg.image_size, cfg.image_size))
-        boxes_xyxy = resize_boxes_to_input(
-            xywh_to_xyxy(boxes_xywh), tf.ensure_shape(scale_xy, (2,))
+
+def _decoded(records: Records, cfg: RetinaNetConfig, rejects: RejectLog | None):
+    """`(index, image uint8 (S, S), boxes_xyxy (G, 4))` of the readable records, in order."""
+    boxes = _ragged_boxes(records.boxes_xywh)
+    images = load_images(records.paths, cfg, rejects)
+
+    def attach_boxes(index, image, scale_xy):
+        boxes_xyxy = resize_boxes_to_input(xywh_to_xyxy(boxes[index]), scale_xy)
+        return index, image, boxes_xyxy
+
+    return images.map(attach_boxes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def num_batches(num_images: int, batch_size: int, training: bool) -> int:
+    """Batches per pass over `num_images` images (training drops the last partial batch)."""
+    return num_images // batch_size if training else -(-num_images // batch_size)
+
+
+def _safe_loader(cfg: RetinaNetConfig, rejects: RejectLog | None):
+    """A `tf.data` map that decodes + CLAHE + resizes one file, or flags it as unreadable."""
+    empty = np.zeros((cfg.image_size, cfg.image_size), np.uint8)
+
+    def load(path: bytes) -> tuple[np.ndarray, np.ndarray, bool]:
+        try:
+            image, scale_xy = load_preprocessed_image(path.decode(), cfg.image_size, cfg.data)
+        except Exception as error:  # noqa: BLE001 (recorded by name, never silent)
+            if rejects is None:
+                raise
+            rejects.add(path.decode(), error)
+            return empty, np.ones(2, np.float32), False
+        return image, np.asarray(scale_xy, np.float32), True
+
+    def load_sample(path: tf.Tensor):
+        image, scale_xy, ok = tf.numpy_function(
+            load, [path], [tf.uint8, tf.float32, tf.bool], stateful=False
         )
-        return image, boxes_xyxy
+        image = tf.ensure_shape(image, (cfg.image_size, cfg.image_size))
+        return image, tf.ensure_shape(scale_xy, (2,)), tf.ensure_shape(ok, ())
 
     return load_sample
+
+
+def load_images(
+    paths: list[str], cfg: RetinaNetConfig, rejects: RejectLog | None = None
+) -> tf.data.Dataset:
+    """Decoded, CLAHE-enhanced, resized images of DICOM files, in parallel and in order.
+
+    Args:
+        paths: DICOM files.
+        cfg: Detector config (image size, CLAHE settings).
+        rejects: Unreadable files are skipped and recorded here; without a log they raise
+            (and the dataset keeps a known length).
+
+    Returns:
+        A dataset of `(index int64, image uint8 (S, S), scale_xy float32 (2,))`, where `index`
+        is the file's position in `paths` and `scale_xy` the resize factors (new / old).
+    """
+    load = _safe_loader(cfg, rejects)
+
+    def with_index(index, path):
+        image, scale_xy, ok = load(path)
+        return index, image, scale_xy, ok
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), paths))
+    dataset = dataset.map(with_index, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if rejects is not None:  # skipping makes the length unknown; without a log, keep it
+        dataset = dataset.filter(lambda index, image, scale_xy, ok: ok)
+    return dataset.map(lambda index, image, scale_xy, ok: (index, image, scale_xy))
 
 
 def make_dataset(
@@ -96,19 +157,24 @@ def make_dataset(
     training: bool,
     cache: bool | str = True,
     encode: bool = True,
+    rejects: RejectLog | None = None,
 ) -> tf.data.Dataset:
     """Builds the input pipeline.
 
     Args:
         records: Images and their boxes.
         cfg: Detector config (image size, data settings, backbone for preprocessing, anchors).
+            Shuffling and augmentation are seeded with `cfg.train.seed`.
         batch_size: Images per batch.
         training: Shuffle and augment (with `cfg.data`'s settings) and drop the last partial
             batch; otherwise keep the file order and every image.
-        cache: `True` caches preprocessed images in memory, a string caches them in that file,
-            `False` decodes every epoch.
+        cache: `True` caches preprocessed images in memory, a string caches them in that file
+            (`filename.index` and `filename.data-*`), `False` decodes every epoch.
         encode: If False, yield `(image uint8 (S, S), boxes_xyxy (G, 4))` per image, unbatched,
             before backbone preprocessing (for inspection and plots).
+        rejects: Unreadable files are skipped and recorded here (see `retinanet_lib.rejects`);
+            without a log, an unreadable file raises. Skipping makes the number of batches
+            unknown to `tf.data` (`num_batches` gives the nominal count).
 
     Returns:
         A dataset of `(images (B, S, S, 3) float32, targets (B, num_anchors, 5) float32)`.
@@ -117,24 +183,17 @@ def make_dataset(
         raise ValueError("make_dataset got no records.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    boxes = tf.ragged.constant(
-        [b.tolist() for b in records.boxes_xywh],
-        ragged_rank=1,
-        inner_shape=(4,),
-        dtype=tf.float32,
-    )
-    dataset = tf.data.Dataset.from_tensor_slices((tf.constant(records.paths), boxes))
-    dataset = dataset.map(_loader(cfg), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = _decoded(records, cfg, rejects).map(lambda index, image, boxes: (image, boxes))
     if cache is not False:
         dataset = dataset.cache("" if cache is True else str(cache))
     if training:
         dataset = dataset.shuffle(
             min(cfg.data.shuffle_buffer, len(records)),
-            seed=cfg.data.seed,
+            seed=cfg.train.seed,
             reshuffle_each_iteration=True,
         )
         if cfg.data.augments:
-            seeds = tf.data.Dataset.random(seed=cfg.data.seed, rerandomize_each_iteration=True)
+            seeds = tf.data.Dataset.random(seed=cfg.train.seed, rerandomize_each_iteration=True)
             dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
             dataset = dataset.map(
                 lambda sample, seed: augment(sample[0], sample[1], cfg.data, seed),

@@ -42,6 +42,9 @@ RSNA_LAYOUT = (
     "stage_2_detailed_class_info.csv",
 )
 LABELS_FILE = "stage_2_train_labels.csv"
+#: Labels of the test images, in the same schema. The Kaggle download has none; the synthetic
+#: set writes them so that its test split can be scored (never used to choose anything).
+TEST_LABELS_FILE = "stage_2_test_labels.csv"
 TRAIN_IMAGES = "stage_2_train_images"
 TEST_IMAGES = "stage_2_test_images"
 _BOX_COLUMNS = ["x", "y", "width", "height"]

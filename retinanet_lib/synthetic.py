@@ -5,7 +5,10 @@ library generates a stand-in with the *same files*: a folder with `stage_2_train
 and `stage_2_test_images/*.dcm` (8-bit MONOCHROME2 DICOMs, JPEG baseline by default),
 `stage_2_train_labels.csv` (`patientId,x,y,width,height,Target`, one row per box, an empty box
 and Target 0 for a negative patient), `stage_2_detailed_class_info.csv` and
-`stage_2_sample_submission.csv`. Code that reads it reads the real data unchanged.
+`stage_2_sample_submission.csv`. Code that reads it reads the real data unchanged. One file
+has no counterpart in the Kaggle download: `stage_2_test_labels.csv` labels the test images
+(same schema as the training labels), so the synthetic test split serves as an independent
+test set, drawn from its own generator seed (`SyntheticConfig.test_seed`).
 
 Each image is a phantom radiograph drawn with vectorized NumPy/OpenCV operations: a body with
 soft-tissue gradients, two darker lung fields narrowing at the apex, the heart and mediastinum,
@@ -13,8 +16,9 @@ spine, clavicles, ribs, vessel markings, exposure and contrast changes and noise
 soft-edged, irregular, mottled brighter regions inside the lungs; the ground-truth box is the
 bounding box of the opacity's visible (> 50 %) region. Some negatives carry fainter clutter.
 
-Everything is a deterministic function of `SyntheticConfig.seed`: image `i` uses its own
-generator seeded with `(seed, split, i)`, so any image can be regenerated alone.
+Everything is a deterministic function of `SyntheticConfig.seed` (training images) and
+`SyntheticConfig.test_seed` (test images): image `i` uses its own generator seeded with
+`(seed, split, i)`, so any image can be regenerated alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tqdm import tqdm
 
 from retinanet_lib.config import SyntheticConfig
 from retinanet_lib.dicom_io import write_dicom_image
+from retinanet_lib.rsna import LABELS_FILE, TEST_IMAGES, TEST_LABELS_FILE, TRAIN_IMAGES
 
 __all__ = [
     "CLASS_NAMES",
@@ -48,6 +53,7 @@ LABEL_COLUMNS = ("patientId", "x", "y", "width", "height", "Target")
 #: The three classes of `stage_2_detailed_class_info.csv`.
 CLASS_NAMES = ("Lung Opacity", "No Lung Opacity / Not Normal", "Normal")
 MANIFEST_NAME = "synthetic_manifest.json"
+_TRAIN_SPLIT, _TEST_SPLIT = 0, 1
 
 # Anatomy, in normalised coordinates: x and y in [-1, 1], image centre at 0, y down.
 # The patient's left lung is on the image's right (PA view).
@@ -332,7 +338,8 @@ def _patient_id(rng: np.random.Generator) -> str:
 
 
 def _image_rng(cfg: SyntheticConfig, split: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([cfg.seed, split, index])
+    seed = cfg.test_seed if split == _TEST_SPLIT else cfg.seed
+    return np.random.default_rng([seed, split, index])
 
 
 def _write_split(root, folder, split, count, cfg, positives, progress):
@@ -380,20 +387,23 @@ def write_synthetic_rsna(
     positives = np.random.default_rng([cfg.seed, 99]).uniform(size=cfg.num_train)
     positives = positives < cfg.positive_fraction
     labels, classes = _write_split(
-        root, "stage_2_train_images", 0, cfg.num_train, cfg, positives, progress
+        root, TRAIN_IMAGES, _TRAIN_SPLIT, cfg.num_train, cfg, positives, progress
     )
-    test_positives = np.random.default_rng([cfg.seed, 98]).uniform(size=cfg.num_test)
+    test_positives = np.random.default_rng([cfg.test_seed, 98]).uniform(size=cfg.num_test)
     test_labels, _ = _write_split(
         root,
-        "stage_2_test_images",
-        1,
+        TEST_IMAGES,
+        _TEST_SPLIT,
         cfg.num_test,
         cfg,
         test_positives < cfg.positive_fraction,
         progress,
     )
     label_table = pd.DataFrame(labels, columns=list(LABEL_COLUMNS))
-    label_table.to_csv(root / "stage_2_train_labels.csv", index=False)
+    label_table.to_csv(root / LABELS_FILE, index=False)
+    pd.DataFrame(test_labels, columns=list(LABEL_COLUMNS)).to_csv(
+        root / TEST_LABELS_FILE, index=False
+    )
     pd.DataFrame(classes, columns=["patientId", "class"]).to_csv(
         root / "stage_2_detailed_class_info.csv", index=False
     )
@@ -430,8 +440,8 @@ def ensure_synthetic_rsna(
             "synthetic set there. Pick an empty folder."
         )
     for old_file in (
-        *root.glob("stage_2_train_images/*.dcm"),
-        *root.glob("stage_2_test_images/*.dcm"),
+        *root.glob(f"{TRAIN_IMAGES}/*.dcm"),
+        *root.glob(f"{TEST_IMAGES}/*.dcm"),
     ):
         old_file.unlink()  # a different config: start from scratch
     write_synthetic_rsna(root, cfg, progress=progress)

@@ -128,3 +128,23 @@ def test_bad_config_raises():
         SyntheticConfig(compression="png")
     with pytest.raises(ValueError):
         SyntheticConfig(num_train=0)
+
+
+def test_the_test_split_is_labelled_and_drawn_from_its_own_seed(small_root, tmp_path):
+    test_labels = load_rsna_labels(small_root / "stage_2_test_labels.csv")
+    test_ids = {p.stem for p in (small_root / "stage_2_test_images").glob("*.dcm")}
+    assert set(test_labels.patient_ids) == test_ids
+    assert not test_ids & set(load_rsna_labels(small_root / "stage_2_train_labels.csv").patient_ids)
+    # Changing the training seed leaves the test images unchanged, and vice versa.
+    other_train = dataclasses.replace(SMALL, seed=SMALL.seed + 1)
+    write_synthetic_rsna(tmp_path / "a", other_train, progress=False)
+    same_test = load_rsna_labels(tmp_path / "a" / "stage_2_test_labels.csv")
+    assert same_test.patient_ids == test_labels.patient_ids
+    assert load_rsna_labels(tmp_path / "a" / "stage_2_train_labels.csv").patient_ids != (
+        load_rsna_labels(small_root / "stage_2_train_labels.csv").patient_ids
+    )
+    other_test = dataclasses.replace(SMALL, test_seed=SMALL.test_seed + 1)
+    write_synthetic_rsna(tmp_path / "b", other_test, progress=False)
+    assert load_rsna_labels(tmp_path / "b" / "stage_2_test_labels.csv").patient_ids != (
+        test_labels.patient_ids
+    )

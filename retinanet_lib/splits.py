@@ -1,0 +1,107 @@
+"""The three splits every chapter and script works with, from one call.
+
+* **train**: the patients the model learns from;
+* **validation**: patients held out of training, used to pick the checkpoint, the score
+  threshold and the recipe;
+* **test**: images used only for final numbers. The synthetic set labels its
+  `stage_2_test_images/` (`stage_2_test_labels.csv`, drawn from its own generator seed); the
+  Kaggle download has no test labels, so in the full setup `test` is `None` and the test
+  images are only predicted (the Kaggle submission).
+
+Example:
+    >>> splits = load_splits("cpu", config_for_mode("cpu"))  # doctest: +SKIP
+    >>> splits.summary()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from retinanet_lib.config import RetinaNetConfig
+from retinanet_lib.pipeline import Records, make_records
+from retinanet_lib.rsna import (
+    LABELS_FILE,
+    TEST_IMAGES,
+    TEST_LABELS_FILE,
+    RsnaLabels,
+    load_rsna_labels,
+    prepare_data,
+    split_patients,
+)
+
+__all__ = ["DataSplits", "load_splits"]
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    """Records of the train, validation and (when labelled) test splits.
+
+    Attributes:
+        root: The RSNA-layout data folder.
+        synthetic: Whether the data is the library's synthetic stand-in.
+        labels: Parsed training labels (with their rejected rows).
+        train: Training records.
+        validation: Validation records (patients disjoint from `train`).
+        test: Labelled test records, or `None` when the test images have no labels.
+        test_paths: Every test DICOM file, labelled or not (for prediction).
+    """
+
+    root: Path
+    synthetic: bool
+    labels: RsnaLabels
+    train: Records
+    validation: Records
+    test: Records | None
+    test_paths: list[str]
+
+    @property
+    def data_name(self) -> str:
+        """The words every printed number carries: `"synthetic"` or `"real RSNA"`."""
+        return "synthetic" if self.synthetic else "real RSNA"
+
+    def summary(self) -> pd.DataFrame:
+        """Images and positive images per split."""
+        rows = {}
+        named = {"train": self.train, "validation": self.validation, "test": self.test}
+        for name, records in named.items():
+            if records is not None:
+                positives = sum(len(boxes) > 0 for boxes in records.boxes_xywh)
+                rows[name] = {"images": len(records), "positive images": positives}
+        table = pd.DataFrame(rows).T.rename_axis(f"split ({self.data_name})")
+        return table
+
+
+def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = None) -> DataSplits:
+    """Finds (or generates) the data of a run mode and splits it.
+
+    Args:
+        mode: `"cpu"` (synthetic data, generated on first use) or `"full"` (real data).
+        cfg: Detector config; `cfg.data.validation_fraction` and `cfg.data.seed` fix the
+            patient split, identical for every training seed.
+        data_root: An RSNA-layout folder to use instead of the mode's default.
+
+    Returns:
+        The splits.
+    """
+    from retinanet_lib.rsna import require_rsna_layout
+    from retinanet_lib.synthetic import MANIFEST_NAME
+
+    root = require_rsna_layout(data_root) if data_root is not None else prepare_data(mode)
+    labels = load_rsna_labels(root / LABELS_FILE)
+    train_ids, val_ids = split_patients(labels, cfg.data.validation_fraction, seed=cfg.data.seed)
+    test = None
+    if (root / TEST_LABELS_FILE).is_file():
+        test_labels = load_rsna_labels(root / TEST_LABELS_FILE)
+        test = make_records(root, test_labels, test_labels.patient_ids, folder=TEST_IMAGES)
+    return DataSplits(
+        root=root,
+        synthetic=(root / MANIFEST_NAME).is_file(),
+        labels=labels,
+        train=make_records(root, labels, train_ids),
+        validation=make_records(root, labels, val_ids),
+        test=test,
+        test_paths=sorted(str(p) for p in (root / TEST_IMAGES).glob("*.dcm")),
+    )
