@@ -26,6 +26,7 @@ __all__ = [
     "anchor_level_ids",
     "anchor_shapes_per_level",
     "feature_map_sizes",
+    "fit_aspect_ratios",
     "generate_anchors",
     "num_anchors",
 ]
@@ -137,3 +138,28 @@ def anchor_level_ids(image_height: int, image_width: int, cfg: AnchorConfig) -> 
         for h, w in feature_map_sizes(image_height, image_width, cfg)
     ]
     return np.repeat(np.asarray(cfg.levels, np.int32), counts)
+
+
+def fit_aspect_ratios(boxes_xywh: np.ndarray, num_ratios: int = 3) -> tuple[float, ...]:
+    """Anchor aspect ratios (width / height) fitted to a set of boxes.
+
+    The ratios are the quantiles `(k + 0.5) / num_ratios` of the boxes' width / height: for
+    three ratios the 1/6, 1/2 and 5/6 quantiles, each standing for a third of the boxes.
+    RSNA opacities are tall (median height / width about 1.45), so their ratios sit below 1,
+    where the paper's (0.5, 1, 2) spends a third of its anchors on wide shapes.
+
+    Args:
+        boxes_xywh: `(N, 4)` boxes `(x, y, width, height)` with positive sizes, N >= 1.
+        num_ratios: How many ratios.
+
+    Returns:
+        `num_ratios` ratios, increasing, rounded to 2 decimals.
+    """
+    boxes = np.asarray(boxes_xywh, np.float64).reshape(-1, 4)
+    if len(boxes) == 0 or (boxes[:, 2:] <= 0).any():
+        raise ValueError("fit_aspect_ratios needs at least one box with positive sizes.")
+    if num_ratios < 1:
+        raise ValueError(f"num_ratios must be >= 1, got {num_ratios}.")
+    levels = (np.arange(num_ratios) + 0.5) / num_ratios
+    ratios = np.quantile(boxes[:, 2] / boxes[:, 3], levels)
+    return tuple(float(r) for r in np.round(ratios, 2))

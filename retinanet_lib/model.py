@@ -159,7 +159,7 @@ def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
         anchors_per_location * cfg.num_classes,
         cfg.model.fpn_channels,
         cfg.model.head_convs,
-        bias_value=prior_probability_bias(),
+        bias_value=prior_probability_bias(cfg.model.class_prior),
         name="class_head",
     )
     box_head = PredictionHead(

@@ -1,44 +1,65 @@
-"""Training: seeding, the learning-rate schedule, callbacks and the fit helper.
+"""Training: seeding, the learning-rate schedule, callbacks, and run folders safe to re-run.
 
-`train_retinanet` builds the model inside a `tf.distribute` strategy (several GPUs ->
-`MirroredStrategy`; otherwise the default strategy), compiles it with `RetinaNetLoss`, and fits
-it with:
+`train_retinanet` turns records into the input pipeline (unreadable files skipped and
+reported) and calls `fit_retinanet`, which builds the model inside a `tf.distribute` strategy
+(several GPUs -> `MirroredStrategy`; otherwise the default strategy), compiles it with
+`RetinaNetLoss`, and fits it with:
 
-* `BackupAndRestore`: an interrupted run restarts from its last finished epoch;
+* `BackupAndRestore`: an interrupted run restarts from its last finished epoch (the backup is
+  kept after the end, so a finished run can later be trained for more epochs);
 * `ModelCheckpoint`: the weights with the lowest validation loss (the blog's choice) are kept in
-  `best.weights.h5`;
-* `CSVLogger` and `TensorBoard` logs;
+  `best.weights.h5`, also across a resume;
+* `CSVLogger` (`history.csv`, one row per epoch, never duplicated) and `TensorBoard` logs;
 * `StopOnNaN`: a NaN or infinite loss stops training with an error saying what to try.
 
-The config used is written next to the weights (`config.json`), so `load_trained_model` can
-rebuild exactly that model.
+The run folder holds `config.json` (so `load_trained_model` rebuilds exactly that model),
+`run.json` once training has finished, `score_threshold.json` once a threshold has been chosen
+(`save_score_threshold`), and `rejects.csv` if files had to be skipped. Training into a folder
+that holds a finished run raises `RunFinishedError`; a folder holding a run of another config
+raises `RunMismatchError`; `overwrite=True` starts afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import pandas as pd
 import tensorflow as tf
 
 from retinanet_lib.config import RetinaNetConfig, TrainConfig
 from retinanet_lib.losses import RetinaNetLoss
 from retinanet_lib.model import build_retinanet
+from retinanet_lib.pipeline import Records, make_dataset, num_batches
+from retinanet_lib.rejects import RejectLog
 
 __all__ = [
     "BEST_WEIGHTS",
     "CONFIG_FILE",
+    "RUN_FILE",
+    "THRESHOLD_FILE",
+    "BadFileGuard",
     "EpochPrinter",
+    "LinearWarmup",
     "NanLossError",
+    "RunFinishedError",
+    "RunMismatchError",
     "StopOnNaN",
     "TrainResult",
     "default_strategy",
+    "fit_retinanet",
     "learning_rate_schedule",
     "load_trained_model",
     "make_optimizer",
+    "read_run",
+    "save_score_threshold",
     "set_seed",
     "train_retinanet",
 ]
@@ -46,6 +67,24 @@ __all__ = [
 BEST_WEIGHTS = "best.weights.h5"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
+#: Written when training has finished: epochs, best epoch, best validation loss, time.
+RUN_FILE = "run.json"
+#: The score threshold chosen for this run (`save_score_threshold`), used by prediction.
+THRESHOLD_FILE = "score_threshold.json"
+_BACKUP_DIR = "backup"
+_CACHE_DIR = "cache"
+#: Everything a run writes; `overwrite=True` removes exactly these.
+_RUN_ENTRIES = (
+    BEST_WEIGHTS,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    RUN_FILE,
+    THRESHOLD_FILE,
+    "rejects.csv",
+    _BACKUP_DIR,
+    _CACHE_DIR,
+    "logs",
+)
 
 
 def set_seed(seed: int) -> None:
@@ -55,11 +94,47 @@ def set_seed(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+@keras.saving.register_keras_serializable(package="retinanet_lib")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Scales another schedule by `min(1, (step + 1) / warmup_steps)`: a linear ramp from
+    almost 0 to the full rate over the first `warmup_steps` steps, then `schedule` unchanged.
+
+    Args:
+        schedule: The schedule to ramp into.
+        warmup_steps: Length of the ramp in steps (>= 1).
+    """
+
+    def __init__(
+        self, schedule: keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int
+    ):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}.")
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        ramp = tf.minimum(1.0, (tf.cast(step, tf.float32) + 1.0) / float(self.warmup_steps))
+        return ramp * tf.cast(self.schedule(step), tf.float32)
+
+    def get_config(self) -> dict:
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> LinearWarmup:
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)
+
+
 def learning_rate_schedule(
     cfg: TrainConfig, steps_per_epoch: int
 ) -> keras.optimizers.schedules.LearningRateSchedule:
     """Piecewise-constant schedule: `learning_rates[k]` during epochs
-    `[k * epochs_per_drop, (k + 1) * epochs_per_drop)`, the last value afterwards.
+    `[k * epochs_per_drop, (k + 1) * epochs_per_drop)`, the last value afterwards; with
+    `warmup_epochs > 0`, a linear warm-up (`LinearWarmup`) over the first epochs.
 
     With the blog's settings and 1,000 steps per epoch the rate drops at steps 5,000, 10,000,
     15,000 and 20,000 (0-based; Keras switches *after* a boundary, hence `boundary = step - 1`).
@@ -68,11 +143,16 @@ def learning_rate_schedule(
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
     drop = cfg.epochs_per_drop * steps_per_epoch
     boundaries = [drop * k - 1 for k in range(1, len(cfg.learning_rates))]
-    if not boundaries:
-        return keras.optimizers.schedules.PiecewiseConstantDecay(
+    if boundaries:
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, list(cfg.learning_rates)
+        )
+    else:
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
             [2**62], [cfg.learning_rates[0], cfg.learning_rates[0]]
         )
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, list(cfg.learning_rates))
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    return LinearWarmup(schedule, warmup_steps) if warmup_steps >= 1 else schedule
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
@@ -127,55 +207,149 @@ def default_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+class BadFileGuard(keras.callbacks.Callback):
+    """Stops training once more than `max_fraction` of the files have proved unreadable.
+
+    The pipeline records a file in `rejects` the first time it fails to read it; after the
+    first epoch (training and validation) every file has been tried.
+    """
+
+    def __init__(self, rejects: RejectLog, num_files: int, max_fraction: float) -> None:
+        super().__init__()
+        self.rejects = rejects
+        self.num_files = num_files
+        self.max_fraction = max_fraction
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rejects.check_fraction(self.num_files, self.max_fraction)
+
+
+class RunFinishedError(RuntimeError):
+    """The run folder already holds a finished run of at least the requested epochs."""
+
+
+class RunMismatchError(ValueError):
+    """The run folder holds a run of another config."""
+
+
 @dataclass(frozen=True)
 class TrainResult:
-    """What `train_retinanet` returns.
+    """What `fit_retinanet` and `train_retinanet` return.
 
     Attributes:
         model: The model, holding the weights with the lowest validation loss.
-        history: Per-epoch logs (`loss`, `val_loss`, ...) of this call.
+        history: Per-epoch logs (`loss`, `val_loss`, ...) of every epoch of the run so far,
+            read back from `history.csv` (so a resumed run reports all its epochs).
         workdir: Where the weights, config and logs are.
+        seconds: Wall time of this call's training.
+        rejects: Files skipped because they could not be read (`file`, `error`).
     """
 
     model: keras.Model
     history: dict[str, list[float]]
     workdir: Path
+    seconds: float = 0.0
+    rejects: pd.DataFrame = dataclasses.field(
+        default_factory=lambda: pd.DataFrame(columns=["file", "error"])
+    )
 
 
-def train_retinanet(
+def read_run(workdir: str | Path) -> dict | None:
+    """The `run.json` summary of a finished run, or `None` if the folder holds none."""
+    path = Path(workdir) / RUN_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_history(workdir: Path) -> pd.DataFrame:
+    path = workdir / HISTORY_FILE
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=["epoch"])
+    return pd.read_csv(path)
+
+
+def _deduplicate_history(workdir: Path) -> pd.DataFrame:
+    """Keeps the last row of every epoch (a resumed epoch is logged again) and rewrites it."""
+    history = _read_history(workdir)
+    if len(history):
+        history = history.drop_duplicates("epoch", keep="last").sort_values("epoch")
+        history.to_csv(workdir / HISTORY_FILE, index=False)
+    return history
+
+
+def _prepare_workdir(workdir: Path, cfg: RetinaNetConfig, overwrite: bool) -> None:
+    """Refuses a finished or foreign run unless `overwrite`; writes `config.json`."""
+    if overwrite:
+        for name in _RUN_ENTRIES:
+            target = workdir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    config_path = workdir / CONFIG_FILE
+    if config_path.is_file():
+        saved = RetinaNetConfig.from_dict(json.loads(config_path.read_text()))
+        more_epochs = dataclasses.replace(saved.train, epochs=cfg.train.epochs)
+        if dataclasses.replace(saved, train=more_epochs) != cfg:  # only epochs may change
+            raise RunMismatchError(
+                f"{workdir} holds a run of another config; pick another folder, or pass "
+                "overwrite=True (train.py --overwrite) to replace it."
+            )
+        finished = read_run(workdir)
+        if finished is not None and finished["epochs"] >= cfg.train.epochs:
+            raise RunFinishedError(
+                f"{workdir} holds a finished run of {finished['epochs']} epochs (best epoch "
+                f"{finished['best_epoch']}, validation loss {finished['best_val_loss']:.4f}). "
+                "Ask for more epochs to continue it (train.py --epochs N), or pass "
+                "overwrite=True (train.py --overwrite) to train again from scratch."
+            )
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(json.dumps(cfg.to_dict(), indent=2))
+
+
+def fit_retinanet(
     cfg: RetinaNetConfig,
     train_dataset: tf.data.Dataset,
     val_dataset: tf.data.Dataset,
     workdir: str | Path,
+    steps_per_epoch: int | None = None,
     strategy: tf.distribute.Strategy | None = None,
     verbose: int = 1,
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     tensorboard: bool = True,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Trains RetinaNet with `cfg.train`; resumes if `workdir` holds an interrupted run.
+    """Trains RetinaNet with `cfg.train` on ready-made datasets; resumes an interrupted run.
 
     Args:
         cfg: Detector and training config (written to `workdir/config.json`).
         train_dataset: Batches of `(images, targets)` (from `pipeline.make_dataset`).
         val_dataset: Validation batches.
         workdir: Folder for weights, backups and logs.
+        steps_per_epoch: Batches per epoch, for the learning-rate schedule; read from
+            `train_dataset` when its length is known.
         strategy: Distribution strategy; `default_strategy()` if omitted.
         verbose: Keras `fit` verbosity (1: progress bar).
-        extra_callbacks: More callbacks (e.g. `EpochPrinter`).
+        extra_callbacks: More callbacks (e.g. `EpochPrinter`, `BadFileGuard`).
         tensorboard: Write TensorBoard logs to `workdir/logs`.
+        overwrite: Delete an earlier run in `workdir` first.
 
     Returns:
         The model with its best weights, the history and the folder.
 
     Raises:
+        RunFinishedError: If `workdir` holds a finished run of at least `cfg.train.epochs`.
+        RunMismatchError: If `workdir` holds a run of another config.
         NanLossError: If the loss becomes NaN or infinite.
     """
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2))
-    steps_per_epoch = int(train_dataset.cardinality())
+    _prepare_workdir(workdir, cfg, overwrite)
+    if steps_per_epoch is None:
+        steps_per_epoch = int(train_dataset.cardinality())
     if steps_per_epoch < 1:
-        raise ValueError("The training dataset must have a known, non-zero number of batches.")
+        raise ValueError(
+            "The training dataset must have a known, non-zero number of batches "
+            "(or pass steps_per_epoch)."
+        )
     strategy = strategy or default_strategy()
     with strategy.scope():
         model = build_retinanet(cfg)
@@ -183,11 +357,17 @@ def train_retinanet(
             optimizer=make_optimizer(cfg.train, steps_per_epoch),
             loss=RetinaNetLoss(cfg.num_classes, cfg.loss),
         )
+    previous = _read_history(workdir)
+    best_so_far = float(previous["val_loss"].min()) if "val_loss" in previous else None
     best_path = workdir / BEST_WEIGHTS
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(workdir / "backup")),
+        keras.callbacks.BackupAndRestore(str(workdir / _BACKUP_DIR), delete_checkpoint=False),
         keras.callbacks.ModelCheckpoint(
-            str(best_path), monitor="val_loss", save_best_only=True, save_weights_only=True
+            str(best_path),
+            monitor="val_loss",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_so_far,  # a resumed run keeps its earlier best
         ),
         keras.callbacks.CSVLogger(str(workdir / HISTORY_FILE), append=True),
         StopOnNaN(),
@@ -195,23 +375,149 @@ def train_retinanet(
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(workdir / "logs"), write_graph=False))
-    history = model.fit(
-        train_dataset,
-        validation_data=val_dataset,
-        epochs=cfg.train.epochs,
-        callbacks=callbacks,
-        verbose=verbose,
-        shuffle=False,
-    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # A pipeline that skips unreadable files has no length known in advance; Keras then
+        # warns at the end of every pass that the input "ran out of data". That is expected.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            train_dataset,
+            validation_data=val_dataset,
+            epochs=cfg.train.epochs,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,
+        )
+    seconds = time.perf_counter() - start
+    history = _deduplicate_history(workdir)
     if best_path.is_file():
         model.load_weights(best_path)
-    return TrainResult(model=model, history=dict(history.history), workdir=workdir)
+    best = int(history["val_loss"].idxmin()) if "val_loss" in history and len(history) else None
+    (workdir / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "epochs": len(history),
+                "best_epoch": None if best is None else int(history["epoch"][best]) + 1,
+                "best_val_loss": None if best is None else float(history["val_loss"][best]),
+                "train_seconds_last_call": round(seconds, 1),
+            },
+            indent=2,
+        )
+    )
+    logs = {k: history[k].tolist() for k in history.columns if k != "epoch"}
+    return TrainResult(model=model, history=logs, workdir=workdir, seconds=seconds)
+
+
+def _cache_target(cfg: RetinaNetConfig, workdir: Path, split: str) -> bool | str:
+    """Where `make_dataset` caches a split's decoded images, following `cfg.data.image_cache`."""
+    if cfg.data.image_cache == "memory":
+        return True
+    if cfg.data.image_cache == "none":
+        return False
+    folder = workdir / _CACHE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{split}_{cfg.image_size}px_clahe{cfg.data.clahe_clip_limit}x{cfg.data.clahe_tile_grid}"
+    for stale in folder.glob(f"{name}*.lockfile"):  # left by an interrupted first pass
+        stale.unlink()
+    return str(folder / name)
+
+
+def train_retinanet(
+    cfg: RetinaNetConfig,
+    train_records: Records,
+    val_records: Records,
+    workdir: str | Path,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int = 1,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
+    tensorboard: bool = True,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Trains RetinaNet on records: the input pipeline, bad-file handling and `fit_retinanet`.
+
+    Unreadable image files are skipped and recorded; training stops (`TooManyBadFilesError`)
+    when they exceed `cfg.train.max_bad_file_fraction`; the skipped files are returned in
+    `TrainResult.rejects` and written to `workdir/rejects.csv`. Decoded images are cached as
+    `cfg.data.image_cache` says (`"disk"`: in `workdir/cache`).
+
+    Args:
+        cfg: Detector and training config.
+        train_records: Training images and boxes.
+        val_records: Validation images and boxes.
+        workdir: The run folder.
+        strategy: Distribution strategy; `default_strategy()` if omitted.
+        verbose: Keras `fit` verbosity.
+        extra_callbacks: More callbacks.
+        tensorboard: Write TensorBoard logs.
+        overwrite: Delete an earlier run in `workdir` first.
+
+    Returns:
+        The trained model (best weights), its history, the folder and the rejected files.
+    """
+    workdir = Path(workdir)
+    if overwrite and workdir.is_dir():  # before the disk cache is (re)created inside it
+        _prepare_workdir(workdir, cfg, overwrite=True)
+    rejects = RejectLog()
+    batch = cfg.train.batch_size
+    datasets = [
+        make_dataset(
+            records,
+            cfg,
+            batch,
+            training=training,
+            cache=_cache_target(cfg, workdir, split),
+            rejects=rejects,
+        )
+        for records, training, split in (
+            (train_records, True, "train"),
+            (val_records, False, "val"),
+        )
+    ]
+    guard = BadFileGuard(
+        rejects, len(train_records) + len(val_records), cfg.train.max_bad_file_fraction
+    )
+    result = fit_retinanet(
+        cfg,
+        *datasets,
+        workdir,
+        steps_per_epoch=num_batches(len(train_records), batch, training=True),
+        strategy=strategy,
+        verbose=verbose,
+        extra_callbacks=[guard, *(extra_callbacks or [])],
+        tensorboard=tensorboard,
+    )
+    rejects.report(workdir)
+    return dataclasses.replace(result, rejects=rejects.table())
+
+
+def save_score_threshold(
+    workdir: str | Path, score_threshold: float, chosen_on: str, table: pd.DataFrame | None = None
+) -> Path:
+    """Writes the run's score threshold; `load_trained_model` and prediction then use it.
+
+    Args:
+        workdir: The run folder.
+        score_threshold: The threshold.
+        chosen_on: What data and rule chose it, in words (kept with it).
+        table: Optional per-threshold scores behind the choice.
+
+    Returns:
+        The file written.
+    """
+    values = {"score_threshold": float(score_threshold), "chosen_on": chosen_on}
+    if table is not None:
+        values["table"] = json.loads(table.reset_index().to_json(orient="records"))
+    path = Path(workdir) / THRESHOLD_FILE
+    path.write_text(json.dumps(values, indent=2))
+    return path
 
 
 def load_trained_model(workdir: str | Path) -> tuple[keras.Model, RetinaNetConfig]:
     """Rebuilds the model saved by `train_retinanet` and loads its best weights.
 
     The backbone is built without downloading pre-trained weights (the checkpoint has them).
+    When the run has a saved score threshold (`save_score_threshold`), the returned config's
+    `decode.score_threshold` is that threshold.
 
     Raises:
         FileNotFoundError: If `config.json` or the weights are missing, naming the folder.
@@ -226,6 +532,10 @@ def load_trained_model(workdir: str | Path) -> tuple[keras.Model, RetinaNetConfi
         )
     values = json.loads(config_path.read_text())
     values["model"]["backbone_weights"] = None
+    threshold_path = workdir / THRESHOLD_FILE
+    if threshold_path.is_file():
+        threshold = json.loads(threshold_path.read_text())["score_threshold"]
+        values["decode"]["score_threshold"] = float(threshold)
     cfg = RetinaNetConfig.from_dict(values)
     model = build_retinanet(cfg)
     model.load_weights(weights_path)

@@ -102,3 +102,19 @@ def test_level_ids_align_with_anchors():
 def test_bad_image_size_raises(height, width):
     with pytest.raises(ValueError, match="Image size"):
         generate_anchors(height, width, AnchorConfig())
+
+
+def test_fitted_aspect_ratios_are_quantiles_of_width_over_height():
+    from retinanet_lib.anchors import fit_aspect_ratios
+
+    # Widths / heights 0.25, 0.5, ..., 1.5 (6 boxes). Linear interpolation puts the 1/6
+    # quantile at position 5 * 1/6 = 0.833 between 0.25 and 0.5: 0.25 + 0.833 * 0.25 = 0.458;
+    # the median at 0.875; the 5/6 quantile at position 4.167: 1.25 + 0.167 * 0.25 = 1.292.
+    ratios = np.array([0.25, 0.5, 0.75, 1.0, 1.25, 1.5])
+    boxes = np.column_stack([np.zeros(6), np.zeros(6), ratios * 100, np.full(6, 100.0)])
+    assert fit_aspect_ratios(boxes) == (0.46, 0.88, 1.29)
+    assert fit_aspect_ratios(boxes, num_ratios=1) == (0.88,)
+    with pytest.raises(ValueError):
+        fit_aspect_ratios(np.zeros((0, 4)))
+    with pytest.raises(ValueError):
+        fit_aspect_ratios([[0, 0, 10, 0]])

@@ -6,6 +6,7 @@ import textwrap
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 
@@ -15,11 +16,15 @@ from retinanet_lib.train import (
     BEST_WEIGHTS,
     CONFIG_FILE,
     NanLossError,
+    RunFinishedError,
+    RunMismatchError,
     StopOnNaN,
+    fit_retinanet,
     learning_rate_schedule,
     load_trained_model,
     make_optimizer,
-    train_retinanet,
+    read_run,
+    save_score_threshold,
 )
 
 TINY = dataclasses.replace(
@@ -77,7 +82,7 @@ def test_training_lowers_the_loss_and_keeps_best_weights(tmp_path):
     keras.utils.set_random_seed(0)
     train, val = tiny_datasets(TINY)
     cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=12))
-    result = train_retinanet(cfg, train, val, tmp_path, verbose=0)
+    result = fit_retinanet(cfg, train, val, tmp_path, verbose=0)
     losses = result.history["loss"]
     assert losses[-1] < 0.7 * losses[0]
     assert (tmp_path / BEST_WEIGHTS).is_file() and (tmp_path / "history.csv").is_file()
@@ -114,7 +119,7 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path):
     train, val = tiny_datasets(TINY)
     cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=4))
     with pytest.raises(KeyboardInterrupt):
-        train_retinanet(
+        fit_retinanet(
             cfg,
             train,
             val,
@@ -124,11 +129,89 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path):
             extra_callbacks=[_Interrupt(at_epoch=1)],
         )
     recorder = _EpochRecorder()
-    result = train_retinanet(
+    result = fit_retinanet(
         cfg, train, val, tmp_path, verbose=0, tensorboard=False, extra_callbacks=[recorder]
     )
     assert recorder.epochs == [2, 3]  # epochs 0 and 1 were done before the interruption
-    assert len(result.history["loss"]) == 2
+    assert len(result.history["loss"]) == 4  # the whole run, read back from history.csv
+    history = pd.read_csv(tmp_path / "history.csv")
+    assert history["epoch"].tolist() == [0, 1, 2, 3]  # no epoch logged twice
+
+
+def test_finished_run_is_not_trained_again_unless_asked(tmp_path):
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(TINY)
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=2))
+    fit_retinanet(cfg, train, val, tmp_path, verbose=0, tensorboard=False)
+    run = read_run(tmp_path)
+    assert run["epochs"] == 2 and run["best_epoch"] in (1, 2)
+    with pytest.raises(RunFinishedError, match="finished run of 2 epochs"):
+        fit_retinanet(cfg, train, val, tmp_path, verbose=0, tensorboard=False)
+    # More epochs continue the run where it stopped (optimizer state included).
+    recorder = _EpochRecorder()
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
+    fit_retinanet(
+        longer, train, val, tmp_path, verbose=0, tensorboard=False, extra_callbacks=[recorder]
+    )
+    assert recorder.epochs == [2]
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    assert read_run(tmp_path)["epochs"] == 3
+    # Another config is refused; overwrite starts afresh.
+    other = dataclasses.replace(longer, image_size=32)
+    with pytest.raises(RunMismatchError):
+        fit_retinanet(other, train, val, tmp_path, verbose=0, tensorboard=False)
+    recorder = _EpochRecorder()
+    fit_retinanet(
+        longer,
+        train,
+        val,
+        tmp_path,
+        verbose=0,
+        tensorboard=False,
+        overwrite=True,
+        extra_callbacks=[recorder],
+    )
+    assert recorder.epochs == [0, 1, 2]
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+
+
+def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
+    """After a resume, a worse epoch must not replace the best weights saved earlier."""
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(TINY)
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=2))
+    fit_retinanet(cfg, train, val, tmp_path, verbose=0, tensorboard=False)
+    best_before = (tmp_path / BEST_WEIGHTS).read_bytes()
+    history = pd.read_csv(tmp_path / "history.csv")
+    history["val_loss"] = -1.0  # pretend the earlier epochs were unbeatable
+    history.to_csv(tmp_path / "history.csv", index=False)
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
+    fit_retinanet(longer, train, val, tmp_path, verbose=0, tensorboard=False)
+    assert (tmp_path / BEST_WEIGHTS).read_bytes() == best_before
+
+
+def test_warmup_ramps_linearly_into_the_schedule():
+    cfg = TrainConfig(learning_rates=(1e-3, 1e-4), epochs_per_drop=2, warmup_epochs=1.0)
+    schedule = learning_rate_schedule(cfg, steps_per_epoch=10)
+    values = [float(schedule(step)) for step in (0, 4, 9, 10, 19, 20)]
+    np.testing.assert_allclose(values, [1e-4, 5e-4, 1e-3, 1e-3, 1e-3, 1e-4], rtol=1e-5)
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(schedule))
+    assert float(restored(4)) == pytest.approx(5e-4)
+    with pytest.raises(ValueError):
+        TrainConfig(warmup_epochs=-1.0)
+
+
+def test_saved_score_threshold_travels_with_the_run(tmp_path):
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(TINY)
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=1))
+    fit_retinanet(cfg, train, val, tmp_path, verbose=0, tensorboard=False)
+    _, loaded = load_trained_model(tmp_path)
+    assert loaded.decode.score_threshold == cfg.decode.score_threshold  # none saved yet
+    save_score_threshold(tmp_path, 0.35, "a test")
+    _, loaded = load_trained_model(tmp_path)
+    assert loaded.decode.score_threshold == 0.35
+    assert json.loads((tmp_path / "score_threshold.json").read_text())["chosen_on"] == "a test"
 
 
 def test_nan_loss_stops_with_a_clear_error():
