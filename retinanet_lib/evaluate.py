@@ -1,14 +1,17 @@
-"""Evaluating a trained model on a split: predictions, ground truth and the RSNA metric.
+"""Evaluating a trained model on a split: predictions, ground truth, the RSNA metric and AP.
 
-The score threshold matters a lot for the RSNA metric (every low-confidence detection on a
-negative image is a false positive), so `evaluate_thresholds` scores several; choose one on the
-training split and report it on the held-out split.
+`predict_split` runs a split through the same fast path as prediction (parallel decoding
+overlapped with the compiled forward pass) and keeps each image's ground truth next to its
+predictions. The score threshold matters a lot for the RSNA metric (every low-confidence
+detection on a negative image is a false positive), so `evaluate_thresholds` scores several
+and `choose_score_threshold` picks one; choose on one split, report on another.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -16,47 +19,117 @@ import pandas as pd
 import tensorflow as tf
 
 from retinanet_lib.anchors import generate_anchors
+from retinanet_lib.boxes import xywh_to_xyxy
 from retinanet_lib.config import RetinaNetConfig
-from retinanet_lib.inference import decode_all, non_max_suppression
-from retinanet_lib.metrics import DetectionScores, rsna_scores
-from retinanet_lib.pipeline import Records, make_dataset
+from retinanet_lib.inference import compiled_predictor, decode_all, non_max_suppression
+from retinanet_lib.metrics import (
+    DetectionScores,
+    PrecisionRecall,
+    precision_recall,
+    rsna_scores,
+)
+from retinanet_lib.pipeline import Records, load_images
+from retinanet_lib.preprocess import resize_boxes_to_input, to_model_input
+from retinanet_lib.rejects import RejectLog
 
 __all__ = [
+    "AP_SCORE_THRESHOLD",
+    "SCORE_THRESHOLD_GRID",
+    "SplitPredictions",
+    "average_precision_at",
+    "choose_score_threshold",
     "evaluate_thresholds",
-    "ground_truth_boxes",
-    "predict_records",
+    "predict_split",
     "score_at",
 ]
 
-
-def _images_only(images, _targets):
-    return images
-
-
-def predict_records(
-    model: keras.Model, records: Records, cfg: RetinaNetConfig, batch_size: int = 8
-) -> np.ndarray:
-    """Model outputs for every record, in order: `(N, num_anchors, 4 + K)` float32."""
-    dataset = make_dataset(records, cfg, batch_size, training=False)
-    return model.predict(dataset.map(_images_only), verbose=0)
+#: The score thresholds `choose_score_threshold` tries: 0.05, 0.10, ..., 0.90.
+SCORE_THRESHOLD_GRID = tuple(np.round(np.arange(0.05, 0.91, 0.05), 2).tolist())
+#: Detections down to this score enter the precision-recall curve (so it reaches high recall).
+AP_SCORE_THRESHOLD = 0.01
 
 
-def ground_truth_boxes(records: Records, cfg: RetinaNetConfig) -> list[np.ndarray]:
-    """Ground-truth boxes in model-input pixels (`"xyxy"`), through the pipeline's own resize."""
-    raw = make_dataset(records, cfg, 1, training=False, encode=False)
-    return [boxes.numpy() for _, boxes in raw]
+@dataclass(frozen=True)
+class SplitPredictions:
+    """A model's raw outputs on a split, aligned with the ground truth.
+
+    Attributes:
+        predictions: `(N, num_anchors, 4 + K)` float32 model outputs.
+        gt_boxes_xyxy: `N` arrays `(G_i, 4)`, ground truth in model-input pixels.
+        indices: `(N,)` positions in the records of the images that could be read.
+        images: `(N, S, S)` uint8 model-input images, if asked for.
+        rejects: Files that could not be read (skipped), `file` and `error`.
+    """
+
+    predictions: np.ndarray
+    gt_boxes_xyxy: list[np.ndarray]
+    indices: np.ndarray
+    images: np.ndarray | None
+    rejects: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.gt_boxes_xyxy)
 
 
-def _score_decoded(boxes_xyxy, probabilities, gt_boxes_xyxy, cfg, score_threshold):
-    decode_cfg = dataclasses.replace(cfg.decode, score_threshold=score_threshold)
-    detections = non_max_suppression(boxes_xyxy, probabilities, decode_cfg)
-    per_image = [detections.for_image(i) for i in range(len(gt_boxes_xyxy))]
-    return rsna_scores(gt_boxes_xyxy, [p[0] for p in per_image], [p[1] for p in per_image])
+def predict_split(
+    model: keras.Model,
+    records: Records,
+    cfg: RetinaNetConfig,
+    batch_size: int = 8,
+    keep_images: bool = False,
+) -> SplitPredictions:
+    """Model outputs and ground truth of every readable record, in order.
+
+    Decoding, CLAHE and resizing run in `tf.data`'s thread pool, overlapped with the compiled
+    forward pass (`inference.compiled_predictor`, with flip TTA if `cfg.decode.flip_tta`).
+
+    Args:
+        model: A RetinaNet for `cfg`.
+        records: Images and their boxes.
+        cfg: The model's config.
+        batch_size: Images per forward pass.
+        keep_images: Also return the `(N, S, S)` uint8 model-input images (memory: N x S^2).
+
+    Returns:
+        The predictions, ground truth, kept indices and skipped files.
+    """
+    predict = compiled_predictor(model, cfg)
+    rejects = RejectLog()
+    dataset = load_images(records.paths, cfg, rejects).batch(batch_size)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    outputs, gt_boxes, indices, images = [], [], [], []
+    for batch_indices, batch_images, scales_xy in dataset:
+        inputs = to_model_input(batch_images, cfg.model.backbone)
+        outputs.append(predict(inputs).numpy())
+        for index, scale_xy in zip(batch_indices.numpy(), scales_xy, strict=True):
+            boxes_xyxy = xywh_to_xyxy(records.boxes_xywh[index])
+            gt_boxes.append(resize_boxes_to_input(boxes_xyxy, scale_xy).numpy())
+        indices.append(batch_indices.numpy())
+        if keep_images:
+            images.append(batch_images.numpy())
+    size = cfg.image_size
+    empty_output = np.zeros((0, *model.output_shape[1:]), np.float32)
+    return SplitPredictions(
+        predictions=np.concatenate(outputs) if outputs else empty_output,
+        gt_boxes_xyxy=gt_boxes,
+        indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        images=(np.concatenate(images) if images else np.zeros((0, size, size), np.uint8))
+        if keep_images
+        else None,
+        rejects=rejects.table(),
+    )
 
 
 def _decode(predictions: np.ndarray, cfg: RetinaNetConfig):
     anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
     return decode_all(tf.constant(predictions), anchors_xyxy, cfg)
+
+
+def _detections(boxes_xyxy, probabilities, cfg, score_threshold):
+    decode_cfg = dataclasses.replace(cfg.decode, score_threshold=score_threshold)
+    detections = non_max_suppression(boxes_xyxy, probabilities, decode_cfg)
+    per_image = [detections.for_image(i) for i in range(int(boxes_xyxy.shape[0]))]
+    return [p[0] for p in per_image], [p[1] for p in per_image]
 
 
 def score_at(
@@ -66,14 +139,27 @@ def score_at(
     score_threshold: float,
 ) -> DetectionScores:
     """RSNA metric, precision and recall with detections above one score threshold."""
-    return _score_decoded(*_decode(predictions, cfg), gt_boxes_xyxy, cfg, score_threshold)
+    boxes, scores = _detections(*_decode(predictions, cfg), cfg, score_threshold)
+    return rsna_scores(gt_boxes_xyxy, boxes, scores)
+
+
+def average_precision_at(
+    predictions: np.ndarray,
+    gt_boxes_xyxy: Sequence[np.ndarray],
+    cfg: RetinaNetConfig,
+    iou_threshold: float = 0.5,
+) -> PrecisionRecall:
+    """Precision-recall curve and average precision at one IoU (threshold-free), from the
+    detections after NMS down to a score of `AP_SCORE_THRESHOLD`."""
+    boxes, scores = _detections(*_decode(predictions, cfg), cfg, AP_SCORE_THRESHOLD)
+    return precision_recall(gt_boxes_xyxy, boxes, scores, iou_threshold)
 
 
 def evaluate_thresholds(
     predictions: np.ndarray,
     gt_boxes_xyxy: Sequence[np.ndarray],
     cfg: RetinaNetConfig,
-    score_thresholds: Sequence[float],
+    score_thresholds: Sequence[float] = SCORE_THRESHOLD_GRID,
 ) -> pd.DataFrame:
     """One row per score threshold: RSNA metric, precision and recall at IoU 0.5.
 
@@ -82,13 +168,29 @@ def evaluate_thresholds(
     boxes_xyxy, probabilities = _decode(predictions, cfg)
     rows = []
     for threshold in score_thresholds:  # a handful of thresholds, each fully vectorized
-        scores = _score_decoded(boxes_xyxy, probabilities, gt_boxes_xyxy, cfg, float(threshold))
+        boxes, scores = _detections(boxes_xyxy, probabilities, cfg, float(threshold))
+        result = rsna_scores(gt_boxes_xyxy, boxes, scores)
         rows.append(
             {
                 "score_threshold": float(threshold),
-                "rsna_metric": scores.rsna_metric,
-                "precision": scores.precision,
-                "recall": scores.recall,
+                "rsna_metric": result.rsna_metric,
+                "precision": result.precision,
+                "recall": result.recall,
             }
         )
     return pd.DataFrame(rows).set_index("score_threshold")
+
+
+def choose_score_threshold(
+    predictions: np.ndarray,
+    gt_boxes_xyxy: Sequence[np.ndarray],
+    cfg: RetinaNetConfig,
+    score_thresholds: Sequence[float] = SCORE_THRESHOLD_GRID,
+) -> tuple[float, pd.DataFrame]:
+    """The score threshold with the highest RSNA metric (the lowest one on a tie).
+
+    Returns:
+        The threshold and the `evaluate_thresholds` table behind it.
+    """
+    table = evaluate_thresholds(predictions, gt_boxes_xyxy, cfg, score_thresholds)
+    return float(table["rsna_metric"].idxmax()), table

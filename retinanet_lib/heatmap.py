@@ -20,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["HEATMAP_REDUCTIONS", "box_coverage", "score_heatmap"]
+__all__ = ["HEATMAP_REDUCTIONS", "box_coverage", "score_heatmap", "score_heatmap_tf"]
 
 #: `"mean"`: the blog's average score of the covering boxes. `"score_weighted"`: average
 #: weighted by the scores themselves (sum of s^2 / sum of s), so the many low-score boxes of a
@@ -113,3 +113,62 @@ def score_heatmap(
     covered = denominator > 0.5 if reduce == "mean" else denominator > 1e-12
     heatmap = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=covered)
     return np.clip(heatmap, 0.0, 1.0).astype(np.float32)
+
+
+def score_heatmap_tf(
+    boxes_xyxy: TensorLike, scores: TensorLike, image_size: int, reduce: str = "mean"
+) -> Any:
+    """`score_heatmap` for a batch, as TensorFlow ops (for the exported inference graph).
+
+    The same difference arrays, scattered with `unsorted_segment_sum` and spread with two
+    cumulative sums, in float64.
+
+    Args:
+        boxes_xyxy: `(B, N, 4)` boxes in pixels of the square `image_size` map.
+        scores: `(B, N)` probabilities.
+        image_size: Side of the map.
+        reduce: One of `HEATMAP_REDUCTIONS`.
+
+    Returns:
+        `(B, image_size, image_size)` float32 maps in [0, 1].
+    """
+    import tensorflow as tf  # only this function needs TensorFlow
+
+    if reduce not in HEATMAP_REDUCTIONS:
+        raise ValueError(f"reduce must be one of {HEATMAP_REDUCTIONS}, got {reduce!r}.")
+    boxes = tf.cast(boxes_xyxy, tf.float64)
+    scores = tf.cast(scores, tf.float64)
+    extents = tf.cast(tf.clip_by_value(tf.math.ceil(boxes - 0.5), 0.0, float(image_size)), tf.int64)
+    col0, row0, col1, row1 = tf.unstack(extents, axis=-1)  # (B, N) each
+    stride, plane = image_size + 1, (image_size + 1) ** 2
+    batch = tf.shape(boxes, out_type=tf.int64)[0]
+    offsets = tf.range(batch, dtype=tf.int64)[:, None] * plane  # (B, 1)
+    corners = (
+        tf.concat(
+            [
+                row0 * stride + col0,
+                row0 * stride + col1,
+                row1 * stride + col0,
+                row1 * stride + col1,
+            ],
+            axis=1,
+        )
+        + offsets
+    )  # (B, 4N)
+    if reduce == "mean":
+        numerator_weights, denominator_weights = scores, tf.ones_like(scores)
+    else:
+        numerator_weights, denominator_weights = scores**2, scores
+    sums = []
+    for weights in (numerator_weights, denominator_weights):
+        signed = tf.concat([weights, -weights, -weights, weights], axis=1)  # (B, 4N)
+        difference = tf.math.unsorted_segment_sum(
+            tf.reshape(signed, [-1]), tf.reshape(corners, [-1]), batch * plane
+        )
+        difference = tf.reshape(difference, [batch, image_size + 1, image_size + 1])
+        spread = tf.cumsum(tf.cumsum(difference, axis=1), axis=2)
+        sums.append(spread[:, :image_size, :image_size])
+    numerator, denominator = sums
+    covered = denominator > (0.5 if reduce == "mean" else 1e-12)
+    heatmap = tf.where(covered, numerator / tf.where(covered, denominator, 1.0), 0.0)
+    return tf.cast(tf.clip_by_value(heatmap, 0.0, 1.0), tf.float32)

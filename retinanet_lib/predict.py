@@ -1,8 +1,11 @@
 """Running a trained detector on DICOM files: detections, heatmaps and the Kaggle submission.
 
-`predict_dicoms` reads each file exactly as training did (DICOM -> CLAHE -> resize), runs the
-model in batches, and returns per image the detections mapped back to the original image
-(1024 x 1024 for RSNA), and the blog's heatmap at model-input resolution.
+`iter_predictions` streams: it reads the files in parallel (`tf.data`: DICOM -> CLAHE ->
+resize, exactly as training did), overlapped with the compiled inference graph
+(`inference.build_detector`), and yields one `ImagePrediction` per readable file as soon as its
+batch is done, so memory stays bounded however many files there are. A file that cannot be read
+is skipped and recorded in a `RejectLog`; it never stops the run. Detections are mapped back to
+the original image (1024 x 1024 for RSNA); the blog's heatmap stays at model-input resolution.
 
 The submission format is `patientId,PredictionString` with
 `PredictionString = "confidence x y width height confidence x y width height ..."`, boxes in
@@ -11,22 +14,29 @@ original-image pixels with a top-left corner (`"xywh"`), empty for an image with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
-from retinanet_lib.anchors import generate_anchors
 from retinanet_lib.boxes import scale_boxes
 from retinanet_lib.config import DecodeConfig, RetinaNetConfig
 from retinanet_lib.heatmap import score_heatmap
-from retinanet_lib.inference import decode_all, non_max_suppression, predict_images
-from retinanet_lib.preprocess import load_preprocessed_image, to_model_input
+from retinanet_lib.inference import build_detector
+from retinanet_lib.pipeline import load_images
+from retinanet_lib.rejects import RejectLog
 
-__all__ = ["ImagePrediction", "predict_dicoms", "prediction_string", "submission_table"]
+__all__ = [
+    "ImagePrediction",
+    "iter_predictions",
+    "predict_dicoms",
+    "prediction_string",
+    "submission_table",
+]
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class ImagePrediction:
 
     Attributes:
         patient_id: File name without `.dcm` (RSNA's patientId).
+        path: The DICOM file.
         image: `(S, S)` uint8 model-input image (after CLAHE and resize).
         boxes_xyxy: `(n, 4)` detections in original-image pixels.
         scores: `(n,)` confidences, descending.
@@ -43,11 +54,72 @@ class ImagePrediction:
     """
 
     patient_id: str
+    path: str
     image: np.ndarray
     boxes_xyxy: np.ndarray
     scores: np.ndarray
     heatmap: np.ndarray | None
     input_to_original_scale: tuple[float, float]
+
+    @property
+    def boxes_xyxy_input(self) -> np.ndarray:
+        """The detections in model-input pixels (the frame of `image` and `heatmap`)."""
+        scale_x, scale_y = self.input_to_original_scale
+        return self.boxes_xyxy / np.array([scale_x, scale_y, scale_x, scale_y], np.float32)
+
+
+def iter_predictions(
+    model: keras.Model,
+    cfg: RetinaNetConfig,
+    paths: Sequence[str | Path],
+    decode_cfg: DecodeConfig | None = None,
+    batch_size: int = 8,
+    heatmap_reduce: str | None = "mean",
+    rejects: RejectLog | None = None,
+) -> Iterator[ImagePrediction]:
+    """Detections (after NMS) and heatmaps (before NMS) for DICOM files, one at a time.
+
+    Args:
+        model: A trained RetinaNet for `cfg`.
+        cfg: Its config.
+        paths: DICOM files.
+        decode_cfg: Score threshold / NMS settings (default `cfg.decode`).
+        batch_size: Images per forward pass.
+        heatmap_reduce: `"mean"` / `"score_weighted"`, or `None` to skip heatmaps.
+        rejects: Unreadable files are recorded here and skipped; without a log they raise.
+
+    Yields:
+        One `ImagePrediction` per readable path, in the order of `paths`.
+    """
+    paths = [str(p) for p in paths]
+    detector = build_detector(model, cfg, decode_cfg, keep_all=heatmap_reduce is not None)
+    dataset = load_images(paths, cfg, rejects).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    for indices, images, scales_xy in dataset:  # batches of files, not boxes
+        outputs = {name: value.numpy() for name, value in detector(images).items()}
+        for row, (index, scale_xy) in enumerate(
+            zip(indices.numpy(), scales_xy.numpy(), strict=True)
+        ):
+            count = int(outputs["num_detections"][row])
+            heatmap = None
+            if heatmap_reduce is not None:
+                heatmap = score_heatmap(
+                    outputs["all_boxes_xyxy"][row],
+                    outputs["probabilities"][row, :, 0],
+                    (cfg.image_size, cfg.image_size),
+                    reduce=heatmap_reduce,
+                )
+            scale_x, scale_y = (1.0 / float(v) for v in scale_xy)
+            yield ImagePrediction(
+                patient_id=Path(paths[index]).stem,
+                path=paths[index],
+                image=images[row].numpy(),
+                boxes_xyxy=scale_boxes(
+                    outputs["boxes_xyxy"][row, :count], scale_x, scale_y
+                ).numpy(),
+                scores=outputs["scores"][row, :count],
+                heatmap=heatmap,
+                input_to_original_scale=(scale_x, scale_y),
+            )
 
 
 def predict_dicoms(
@@ -57,52 +129,12 @@ def predict_dicoms(
     decode_cfg: DecodeConfig | None = None,
     batch_size: int = 8,
     heatmap_reduce: str | None = "mean",
+    rejects: RejectLog | None = None,
 ) -> list[ImagePrediction]:
-    """Detections (after NMS) and heatmaps (before NMS) for DICOM files.
-
-    Args:
-        model: A trained RetinaNet for `cfg`.
-        cfg: Its config.
-        paths: DICOM files.
-        decode_cfg: Score threshold / NMS settings (default `cfg.decode`).
-        batch_size: Images per forward pass.
-        heatmap_reduce: `"mean"` / `"score_weighted"`, or `None` to skip heatmaps.
-
-    Returns:
-        One `ImagePrediction` per path, in order.
-    """
-    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
-    results = []
-    for start in range(0, len(paths), batch_size):  # batches of files, not boxes
-        batch_paths = [Path(p) for p in paths[start : start + batch_size]]
-        loaded = [load_preprocessed_image(p, cfg.image_size, cfg.data) for p in batch_paths]
-        images = np.stack([image for image, _ in loaded])
-        predictions = predict_images(model, to_model_input(images, cfg.model.backbone), batch_size)
-        all_boxes, probabilities = decode_all(predictions, anchors_xyxy, cfg)  # decoded once
-        detections = non_max_suppression(all_boxes, probabilities, decode_cfg or cfg.decode)
-        for index, (path, (image, (scale_x, scale_y))) in enumerate(
-            zip(batch_paths, loaded, strict=True)
-        ):
-            boxes, scores, _ = detections.for_image(index)
-            heatmap = None
-            if heatmap_reduce is not None:
-                heatmap = score_heatmap(
-                    all_boxes[index].numpy(),
-                    probabilities[index, :, 0],
-                    image.shape,
-                    reduce=heatmap_reduce,
-                )
-            results.append(
-                ImagePrediction(
-                    patient_id=path.stem,
-                    image=image,
-                    boxes_xyxy=scale_boxes(boxes, 1 / scale_x, 1 / scale_y).numpy(),
-                    scores=scores,
-                    heatmap=heatmap,
-                    input_to_original_scale=(1 / scale_x, 1 / scale_y),
-                )
-            )
-    return results
+    """`iter_predictions` collected into a list (for a handful of files; stream for many)."""
+    return list(
+        iter_predictions(model, cfg, paths, decode_cfg, batch_size, heatmap_reduce, rejects)
+    )
 
 
 def prediction_string(boxes_xyxy: np.ndarray, scores: np.ndarray) -> str:
@@ -118,11 +150,19 @@ def prediction_string(boxes_xyxy: np.ndarray, scores: np.ndarray) -> str:
     return " ".join(f"{c:.4f} {x:.1f} {y:.1f} {w:.1f} {h:.1f}" for c, x, y, w, h in table)
 
 
-def submission_table(predictions: Sequence[ImagePrediction]) -> pd.DataFrame:
-    """The Kaggle submission: one row per image, `patientId,PredictionString`."""
+def submission_table(
+    predictions: Sequence[ImagePrediction], all_patient_ids: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """The Kaggle submission: one row per image, `patientId,PredictionString`.
+
+    Args:
+        predictions: Predictions of the readable files.
+        all_patient_ids: Every patient that needs a row, in order (e.g. from every input
+            file); patients without a prediction (unreadable files) get an empty string.
+            Default: the predictions' own patients.
+    """
+    strings = {p.patient_id: prediction_string(p.boxes_xyxy, p.scores) for p in predictions}
+    ids = list(all_patient_ids) if all_patient_ids is not None else list(strings)
     return pd.DataFrame(
-        {
-            "patientId": [p.patient_id for p in predictions],
-            "PredictionString": [prediction_string(p.boxes_xyxy, p.scores) for p in predictions],
-        }
+        {"patientId": ids, "PredictionString": [strings.get(pid, "") for pid in ids]}
     )

@@ -18,6 +18,7 @@ from retinanet_lib.config import AnchorConfig
 
 __all__ = [
     "draw_architecture",
+    "HeatmapWriter",
     "draw_boxes",
     "plot_anchor_centers",
     "plot_history",
@@ -26,6 +27,8 @@ __all__ = [
 ]
 
 TensorLike = Any
+#: Smallest top of a per-image colour range (an all-zero map would otherwise have none).
+_MIN_COLOR_RANGE = 1e-3
 
 
 def _corners_polygons(boxes_xyxy: np.ndarray) -> np.ndarray:
@@ -138,6 +141,7 @@ def show_heatmap(
     alpha: float = 0.45,
     colorbar: bool = True,
     title: str | None = None,
+    vmax: float | None = 1.0,
 ) -> Axes:
     """The blog's figure: a probability map over the X-ray (red likely, blue unlikely).
 
@@ -148,21 +152,67 @@ def show_heatmap(
         gt_boxes_xyxy: Ground-truth boxes, drawn in red; skipped when `None`.
         pred_boxes_xyxy: Detections after NMS, drawn dashed white; skipped when `None`.
         alpha: Opacity of the heatmap.
-        colorbar: Add a colour bar labelled "probability".
+        colorbar: Add a colour bar labelled "probability" (it shows the real values whatever
+            the range).
         title: Axes title.
+        vmax: Top of the colour range: 1.0 (absolute), a number, or `None` for this map's own
+            maximum (the blog's mean map rarely exceeds a few percent, invisible on 0..1).
 
     Returns:
         `ax`.
     """
+    heatmap = np.asarray(heatmap)
+    if vmax is None:
+        vmax = max(float(heatmap.max()), _MIN_COLOR_RANGE)
     show_image(ax, image, title=title)
-    overlay = ax.imshow(np.asarray(heatmap), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0)
+    overlay = ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0.0, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label="probability")
     if gt_boxes_xyxy is not None:
         draw_boxes(ax, gt_boxes_xyxy, color="red", linewidth=2.0)
     if pred_boxes_xyxy is not None:
         draw_boxes(ax, pred_boxes_xyxy, color="white", linewidth=1.5, linestyle="--")
+    _clamp_to_image(ax, heatmap.shape)
     return ax
+
+
+def _clamp_to_image(ax: Axes, shape: tuple[int, ...]) -> None:
+    """Axes limits exactly on the image (boxes beyond the border must not widen them)."""
+    ax.set_xlim(-0.5, shape[1] - 0.5)
+    ax.set_ylim(shape[0] - 0.5, -0.5)
+
+
+class HeatmapWriter:
+    """Saves one heatmap PNG per prediction, reusing a single figure (fast in long loops).
+
+    Each PNG shows the model-input X-ray, the heatmap on its own colour range (the colour bar
+    gives the values) and the detections dashed.
+
+    Args:
+        dpi: Resolution of the PNGs.
+        figsize: Figure size in inches.
+    """
+
+    def __init__(self, dpi: int = 80, figsize: tuple[float, float] = (5.0, 4.2)) -> None:
+        self.dpi = dpi
+        self.figure, self.ax = plt.subplots(figsize=figsize)
+
+    def save(self, prediction: Any, path: Any) -> None:
+        """Draws `prediction` (a `predict.ImagePrediction` with a heatmap) and writes `path`."""
+        self.figure.clear()
+        self.ax = self.figure.add_subplot()
+        show_heatmap(
+            self.ax,
+            prediction.image,
+            prediction.heatmap,
+            pred_boxes_xyxy=prediction.boxes_xyxy_input,
+            title=prediction.patient_id[:13],
+            vmax=None,
+        )
+        self.figure.savefig(path, dpi=self.dpi, bbox_inches="tight")
+
+    def close(self) -> None:
+        plt.close(self.figure)
 
 
 def plot_history(

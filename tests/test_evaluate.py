@@ -7,9 +7,10 @@ from retinanet_lib.boxes import scale_boxes, xywh_to_xyxy
 from retinanet_lib.config import EncoderConfig, SyntheticConfig, config_for_mode
 from retinanet_lib.encoding import LabelEncoder, split_targets
 from retinanet_lib.evaluate import (
+    average_precision_at,
+    choose_score_threshold,
     evaluate_thresholds,
-    ground_truth_boxes,
-    predict_records,
+    predict_split,
     score_at,
 )
 from retinanet_lib.model import build_retinanet
@@ -48,7 +49,7 @@ def perfect_predictions(gt_boxes):
 
 def test_ground_truth_is_the_csv_boxes_scaled_to_the_input(records):
     recs, labels = records
-    gt = ground_truth_boxes(recs, CFG)
+    gt = predict_split(build_retinanet(CFG), recs, CFG).gt_boxes_xyxy
     assert len(gt) == 6
     for boxes, patient_boxes in zip(gt, recs.boxes_xywh, strict=True):
         expected = scale_boxes(xywh_to_xyxy(patient_boxes), 128 / 1024, 128 / 1024)
@@ -57,7 +58,7 @@ def test_ground_truth_is_the_csv_boxes_scaled_to_the_input(records):
 
 def test_perfect_predictions_score_one_and_empty_ones_zero(records):
     recs, _ = records
-    gt = ground_truth_boxes(recs, CFG)
+    gt = predict_split(build_retinanet(CFG), recs, CFG).gt_boxes_xyxy
     assert any(len(b) for b in gt) and any(not len(b) for b in gt)
     perfect = perfect_predictions(gt)
     assert score_at(perfect, gt, CFG, 0.5).rsna_metric == pytest.approx(1.0)
@@ -66,19 +67,38 @@ def test_perfect_predictions_score_one_and_empty_ones_zero(records):
     assert score_at(silent, gt, CFG, 0.5).rsna_metric == 0.0
     table = evaluate_thresholds(perfect, gt, CFG, (0.3, 0.9))
     assert list(table.index) == [0.3, 0.9] and (table["rsna_metric"] == 1.0).all()
+    assert average_precision_at(perfect, gt, CFG).average_precision == pytest.approx(1.0)
+    assert average_precision_at(silent, gt, CFG).average_precision == 0.0
 
 
-def test_predict_records_keeps_order_and_shape(records):
+def test_choose_score_threshold_takes_the_best_and_the_lowest_on_a_tie(records):
+    recs, _ = records
+    gt = predict_split(build_retinanet(CFG), recs, CFG).gt_boxes_xyxy
+    perfect = perfect_predictions(gt)  # confident anchors at probability sigmoid(8) = 0.9997
+    threshold, table = choose_score_threshold(perfect, gt, CFG, (0.2, 0.5, 0.9))
+    assert threshold == 0.2 and len(table) == 3  # all three score 1.0: the lowest wins
+    weak = perfect.copy()
+    weak[..., 4] = np.where(weak[..., 4] > 0, 0.0, -8.0)  # positives at probability 0.5
+    threshold, table = choose_score_threshold(weak, gt, CFG, (0.2, 0.6))
+    assert threshold == 0.2 and table.loc[0.6, "rsna_metric"] == 0.0
+
+
+def test_predict_split_keeps_order_and_skips_unreadable_files(records, tmp_path):
     recs, _ = records
     model = build_retinanet(CFG)
-    predictions = predict_records(model, recs, CFG, batch_size=4)
-    assert predictions.shape == (6, 3069, 5) and predictions.dtype == np.float32
-    single = predict_records(
-        model,
-        dataclasses.replace(recs, paths=recs.paths[2:3], boxes_xywh=recs.boxes_xywh[2:3]),
-        CFG,
-    )
-    np.testing.assert_allclose(single[0], predictions[2], rtol=1e-4, atol=1e-4)
+    full = predict_split(model, recs, CFG, batch_size=4, keep_images=True)
+    assert full.predictions.shape == (6, 3069, 5) and full.predictions.dtype == np.float32
+    assert full.images.shape == (6, 128, 128) and full.images.dtype == np.uint8
+    np.testing.assert_array_equal(full.indices, np.arange(6))
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"not a DICOM file")
+    paths = list(recs.paths)
+    paths[2] = str(broken)
+    damaged = predict_split(model, dataclasses.replace(recs, paths=paths), CFG, batch_size=4)
+    np.testing.assert_array_equal(damaged.indices, [0, 1, 3, 4, 5])
+    np.testing.assert_allclose(damaged.predictions, full.predictions[[0, 1, 3, 4, 5]], atol=1e-4)
+    assert damaged.rejects["file"].tolist() == [str(broken)]
+    assert "DicomReadError" in damaged.rejects["error"][0]
 
 
 def test_predict_images_matches_the_model_batch_by_batch():
@@ -86,6 +106,6 @@ def test_predict_images_matches_the_model_batch_by_batch():
 
     model = build_retinanet(CFG)
     images = np.random.default_rng(0).normal(size=(5, 128, 128, 3)).astype(np.float32)
-    got = predict_images(model, images, batch_size=2)
+    got = predict_images(model, images, CFG, batch_size=2)
     assert got.shape == (5, 3069, 5)
     np.testing.assert_allclose(got, np.asarray(model(images)), rtol=1e-4, atol=1e-4)

@@ -60,3 +60,17 @@ def test_no_boxes_and_bad_arguments():
         score_heatmap(np.zeros((1, 4)), np.zeros(1), (5, 5), reduce="max")
     with pytest.raises(ValueError, match="scores"):
         score_heatmap(np.zeros((2, 4)), np.zeros(1), (5, 5))
+
+
+@pytest.mark.parametrize("reduce", ["mean", "score_weighted"])
+def test_tensorflow_heatmap_equals_the_slow_reference_for_a_batch(reduce):
+    from retinanet_lib.heatmap import score_heatmap_tf
+
+    rng = np.random.default_rng(7)
+    boxes = np.stack([random_boxes(rng, 30, 24) for _ in range(3)])  # (3, 30, 4)
+    scores = rng.uniform(0, 1, (3, 30))
+    got = score_heatmap_tf(boxes, scores, 24, reduce).numpy()
+    assert got.shape == (3, 24, 24) and got.dtype == np.float32
+    for image in range(3):
+        expected, _ = heatmap_reference(boxes[image], scores[image], (24, 24), reduce)
+        np.testing.assert_allclose(got[image], expected, atol=1e-6)

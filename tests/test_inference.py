@@ -66,3 +66,75 @@ def test_rescale_and_mismatch_error():
     np.testing.assert_allclose(rescale_to_original([[10, 20, 30, 40]], 4.0), [[40, 80, 120, 160]])
     with pytest.raises(ValueError, match="anchors"):
         decode_all(np.zeros((1, 10, 5), np.float32), np.zeros((12, 4), np.float32), CFG)
+
+
+def mirror_reference(anchors_xyxy, image_size):
+    """For each anchor, the index of the anchor equal to its mirror image (slow search)."""
+    mirrored = anchors_xyxy.copy()
+    mirrored[:, [0, 2]] = image_size - anchors_xyxy[:, [2, 0]]
+    index = {tuple(np.round(box, 3)): k for k, box in enumerate(anchors_xyxy)}
+    return np.array([index[tuple(np.round(box, 3))] for box in mirrored])
+
+
+def test_mirror_anchor_indices_match_a_search_for_the_mirrored_box():
+    from retinanet_lib.inference import mirror_anchor_indices
+
+    anchors = LabelEncoder(CFG).anchors_xyxy.numpy()
+    got = mirror_anchor_indices(128, CFG.anchors)
+    np.testing.assert_array_equal(got, mirror_reference(anchors, 128))
+    np.testing.assert_array_equal(got[got], np.arange(len(got)))  # an involution
+    with pytest.raises(ValueError, match="divisible"):
+        mirror_anchor_indices(200, CFG.anchors)
+
+
+def test_flip_tta_of_a_mirror_symmetric_prediction_changes_nothing():
+    from retinanet_lib.inference import merge_flipped_predictions, mirror_anchor_indices
+
+    mirror = mirror_anchor_indices(128, CFG.anchors)
+    rng = np.random.default_rng(0)
+    predictions = rng.normal(size=(2, len(mirror), 5)).astype(np.float32)
+    # A detector that sees the mirrored image predicts, for anchor mirror[k], what it
+    # predicted for anchor k, with the x offset negated.
+    flipped = predictions[:, mirror].copy()
+    flipped[..., 0] *= -1
+    merged = merge_flipped_predictions(predictions, flipped, mirror).numpy()
+    np.testing.assert_allclose(merged, predictions, atol=1e-6)
+    # And decoding the flipped predictions gives the mirrored boxes.
+    encoder = LabelEncoder(CFG)
+    boxes, _ = decode_all(predictions, encoder.anchors_xyxy, CFG)
+    flipped_boxes, _ = decode_all(flipped, encoder.anchors_xyxy, CFG)
+    expected = boxes.numpy()[:, mirror][..., [2, 1, 0, 3]] * [-1, 1, -1, 1] + [128, 0, 128, 0]
+    np.testing.assert_allclose(flipped_boxes.numpy(), np.clip(expected, 0, 128), atol=1e-3)
+
+
+def test_detector_graph_equals_decode_and_nms_step_by_step():
+    from retinanet_lib.inference import build_detector, compiled_predictor
+    from retinanet_lib.model import build_retinanet
+    from retinanet_lib.preprocess import to_model_input
+
+    model = build_retinanet(CFG)
+    images = np.random.default_rng(1).integers(0, 255, (3, 128, 128), dtype=np.uint8)
+    loose = DecodeConfig(score_threshold=0.0, max_detections=9)
+    outputs = build_detector(model, CFG, loose, keep_all=True)(images)
+    predictions = compiled_predictor(model, CFG)(to_model_input(images, "small_resnet"))
+    np.testing.assert_allclose(
+        predictions, model(to_model_input(images, "small_resnet")), atol=1e-5
+    )
+    step_by_step = detect(predictions, LabelEncoder(CFG).anchors_xyxy, CFG, loose)
+    np.testing.assert_allclose(outputs["boxes_xyxy"], step_by_step.boxes_xyxy, atol=1e-4)
+    np.testing.assert_allclose(outputs["scores"], step_by_step.scores, atol=1e-6)
+    assert outputs["all_boxes_xyxy"].shape == (3, 3069, 4)
+    assert outputs["num_detections"].numpy().tolist() == [9, 9, 9]
+
+
+def test_pre_nms_top_k_keeps_the_best_candidates_only():
+    encoder = LabelEncoder(CFG)
+    predictions = np.zeros((1, 3069, 5), np.float32)
+    predictions[..., 4] = -10.0
+    predictions[0, [100, 2000, 3000], 4] = [5.0, 4.0, 3.0]  # three far-apart anchors
+    few = DecodeConfig(score_threshold=0.01, max_detections=3, max_candidates=3)
+    boxes, scores, _ = detect(predictions, encoder.anchors_xyxy, CFG, few).for_image(0)
+    assert len(scores) == 3
+    fewer = DecodeConfig(score_threshold=0.01, max_detections=2, max_candidates=2)
+    _, scores, _ = detect(predictions, encoder.anchors_xyxy, CFG, fewer).for_image(0)
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.array([5.0, 4.0]))), rtol=1e-6)

@@ -1,13 +1,22 @@
 import dataclasses
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from retinanet_lib.config import SyntheticConfig, TrainConfig, config_for_mode
-from retinanet_lib.predict import predict_dicoms, prediction_string, submission_table
+from retinanet_lib.config import SyntheticConfig
+from retinanet_lib.export import export_inference_model
+from retinanet_lib.predict import (
+    iter_predictions,
+    predict_dicoms,
+    prediction_string,
+    submission_table,
+)
+from retinanet_lib.rejects import RejectLog
 from retinanet_lib.synthetic import write_synthetic_rsna
 from retinanet_lib.train import load_trained_model
 
@@ -29,60 +38,122 @@ def test_prediction_string_hand_values():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 1-epoch model on a tiny synthetic set, trained through the CLI."""
+    """A 1-epoch model on a tiny synthetic set with one truncated training DICOM, trained
+    through the CLI; and a test folder holding one garbage file."""
     base = tmp_path_factory.mktemp("cli")
     data = base / "data"
-    write_synthetic_rsna(
-        data / "synthetic", SyntheticConfig(num_train=10, num_test=3, seed=1), progress=False
-    )
-    return base, data
-
-
-def test_train_and_predict_clis_end_to_end(trained, monkeypatch):
-    base, data = trained
-    monkeypatch.setenv("RETINANET_DATA_DIR", str(data))
-    monkeypatch.setenv("RETINANET_MODE", "cpu")
+    write_synthetic_rsna(data, SyntheticConfig(num_train=12, num_test=4, seed=1), progress=False)
+    truncated = sorted((data / "stage_2_train_images").glob("*.dcm"))[0]
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    garbage = sorted((data / "stage_2_test_images").glob("*.dcm"))[0]
+    garbage.write_bytes(b"this is not a DICOM file")
     arguments = [str(base / "run"), "--epochs", "1", "--batch-size", "4"]
-    assert train_cli.main([*arguments, "--data-root", str(data / "synthetic")]) == 0
+    arguments += ["--data-root", str(data), "--max-bad-fraction", "0.1"]
+    assert train_cli.main(arguments) == 0
+    return base, data, truncated, garbage
+
+
+def test_training_skips_and_reports_a_truncated_dicom(trained):
+    base, _, truncated, _ = trained
+    rejects = pd.read_csv(base / "run" / "rejects.csv")
+    assert rejects["file"].tolist() == [str(truncated)]
+    assert (base / "run" / "score_threshold.json").is_file()
+    assert (base / "run" / "run.json").is_file()
+
+
+def test_training_refuses_to_start_with_too_many_bad_files(trained, capsys):
+    base, data, _, _ = trained
+    arguments = [str(base / "run2"), "--epochs", "1", "--data-root", str(data)]
+    assert train_cli.main([*arguments, "--max-bad-fraction", "0.05"]) == 1  # 1 of 12 > 5 %
+    assert "cannot be read" in capsys.readouterr().err
+    assert not (base / "run2" / "best.weights.h5").exists()
+
+
+def test_predict_cli_streams_and_names_the_bad_file(trained, monkeypatch):
+    base, data, _, garbage = trained
     out = base / "out"
-    test_dir = data / "synthetic" / "stage_2_test_images"
-    assert (
-        predict_cli.main([str(base / "run"), str(test_dir), str(out), "--score-threshold", "0.0"])
-        == 0
-    )
-    pngs = sorted(out.glob("*.png"))
-    assert len(pngs) == 3
+    test_dir = data / "stage_2_test_images"
+    arguments = [str(base / "run"), str(test_dir), str(out), "--score-threshold", "0.0"]
+    assert predict_cli.main(arguments) == 0
+    assert len(sorted(out.glob("*.png"))) == 3  # the garbage file has none
     submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert list(submission.columns) == ["patientId", "PredictionString"]
     assert sorted(submission["patientId"]) == sorted(p.stem for p in test_dir.glob("*.dcm"))
+    empty = submission.set_index("patientId").loc[garbage.stem, "PredictionString"]
+    assert empty == ""
+    rejects = pd.read_csv(out / "rejects.csv")
+    assert rejects["file"].tolist() == [str(garbage)]
     detections = pd.read_csv(out / "detections.csv")
     assert list(detections.columns) == ["patientId", "confidence", "x", "y", "width", "height"]
+    assert len(detections) == 3 * 20  # threshold 0: max_detections per readable image
     assert (detections[["x", "y"]].to_numpy() >= 0).all()
-    assert (detections["x"] + detections["width"] <= 1024 + 1e-3).all()
+    assert (detections["x"] + detections["width"] <= 1024 + 0.1).all()
+    no_heatmaps = base / "out-no-heatmaps"
+    assert predict_cli.main([*arguments[:2], str(no_heatmaps), "--no-heatmaps"]) == 0
+    assert not list(no_heatmaps.glob("*.png"))
+    assert predict_cli.main([str(base / "run"), str(garbage), str(base / "all-bad")]) == 1
     assert predict_cli.main([str(base / "missing-run"), str(test_dir), str(out)]) == 1
 
 
-def test_predict_dicoms_maps_boxes_to_the_original_image(trained, monkeypatch):
-    base, data = trained
-    monkeypatch.setenv("RETINANET_DATA_DIR", str(data))
-    if not (base / "run" / "best.weights.h5").exists():
-        pytest.skip("needs the CLI test's model")
+def test_predictions_map_boxes_to_the_original_image(trained):
+    base, data, _, garbage = trained
     model, cfg = load_trained_model(base / "run")
-    paths = sorted((data / "synthetic" / "stage_2_test_images").glob("*.dcm"))
+    paths = sorted((data / "stage_2_test_images").glob("*.dcm"))
     loose = dataclasses.replace(cfg.decode, score_threshold=0.0, max_detections=5)
-    predictions = predict_dicoms(model, cfg, paths, loose, batch_size=2)
-    assert [p.patient_id for p in predictions] == [p.stem for p in paths]
+    rejects = RejectLog()
+    predictions = predict_dicoms(model, cfg, paths, loose, batch_size=2, rejects=rejects)
+    assert [p.patient_id for p in predictions] == [p.stem for p in paths if p != garbage]
+    assert str(garbage) in rejects
     first = predictions[0]
     assert first.image.shape == (256, 256) and first.heatmap.shape == (256, 256)
     assert first.input_to_original_scale == (4.0, 4.0)
     assert len(first.boxes_xyxy) == 5 and (np.diff(first.scores) <= 0).all()
     assert first.boxes_xyxy.max() <= 1024 + 1e-3 and first.boxes_xyxy.min() >= 0
-    table = submission_table(predictions)
-    assert len(table) == 3 and all(len(s.split()) == 25 for s in table["PredictionString"])
+    np.testing.assert_allclose(first.boxes_xyxy_input * 4, first.boxes_xyxy, rtol=1e-6)
+    table = submission_table(predictions, [p.stem for p in paths])
+    assert len(table) == 4 and table.set_index("patientId").loc[garbage.stem].item() == ""
+    assert all(len(s.split()) == 25 for s in table["PredictionString"] if s)
+    with pytest.raises(Exception, match="DICOM"):  # without a log, a bad file raises
+        list(iter_predictions(model, cfg, [garbage]))
 
 
-def test_cpu_config_trains_the_small_model():
-    cfg = config_for_mode("cpu")
-    assert cfg.model.backbone == "small_resnet" and cfg.train == TrainConfig(
-        epochs=20, batch_size=8, optimizer="adam", learning_rates=(1e-3, 1e-4), epochs_per_drop=14
+def test_exported_savedmodel_loads_without_the_library_and_matches(trained, tmp_path):
+    base, data, _, garbage = trained
+    model, cfg = load_trained_model(base / "run")
+    cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, score_threshold=0.0))
+    paths = [p for p in sorted((data / "stage_2_test_images").glob("*.dcm")) if p != garbage]
+    predictions = predict_dicoms(model, cfg, paths)
+    export_inference_model(model, cfg, tmp_path / "saved", with_heatmap=True)
+    np.save(tmp_path / "images.npy", np.stack([p.image for p in predictions]))
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import numpy as np
+
+        class NoLibrary:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "retinanet_lib":
+                    raise ImportError("retinanet_lib must not be needed")
+
+        sys.meta_path.insert(0, NoLibrary())
+        import tensorflow as tf
+
+        detector = tf.saved_model.load({str(tmp_path / "saved")!r})
+        outputs = detector.serve(np.load({str(tmp_path / "images.npy")!r}))
+        np.savez({str(tmp_path / "outputs.npz")!r}, **{{k: v.numpy() for k, v in outputs.items()}})
+        """
     )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = np.load(tmp_path / "outputs.npz")
+    assert sorted(outputs) == ["boxes_xyxy", "classes", "heatmap", "num_detections", "scores"]
+    for index, prediction in enumerate(predictions):
+        count = int(outputs["num_detections"][index])
+        assert count == len(prediction.scores) == 20
+        np.testing.assert_allclose(
+            outputs["boxes_xyxy"][index, :count], prediction.boxes_xyxy_input, atol=1e-3
+        )
+        np.testing.assert_allclose(outputs["scores"][index, :count], prediction.scores, atol=1e-5)
+        np.testing.assert_allclose(outputs["heatmap"][index], prediction.heatmap, atol=1e-5)
+    with pytest.raises(FileExistsError):
+        export_inference_model(model, cfg, tmp_path / "saved")
