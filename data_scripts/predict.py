@@ -2,15 +2,22 @@
 
     python data_scripts/predict.py runs/cpu data/synthetic/stage_2_test_images out/
     python data_scripts/predict.py runs/full one.dcm two.dcm out/ --score-threshold 0.4
+    python data_scripts/predict.py runs/full $RETINANET_DATA_DIR/stage_2_test_images out/ \\
+        --no-heatmaps
 
-Writes to the output folder: one PNG per image (heatmap over the X-ray, detections dashed),
-detections.csv (patientId, confidence, x, y, width, height in original pixels, one row per box)
-and submission.csv in the Kaggle format.
+Streams through the files with a progress bar: each image's heatmap PNG (heatmap over the
+X-ray, detections dashed) and its rows of `detections.csv` (patientId, confidence, x, y, width,
+height in original pixels, one row per box) are written as soon as it is done. At the end,
+`submission.csv` (Kaggle format) has one row for every input file. A file that cannot be read
+gets an empty submission row and a line in `rejects.csv`; the run still exits 0, and fails only
+if no file at all could be read. The score threshold is the run's own
+(`score_threshold.json`, chosen by train.py) unless `--score-threshold` says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import os
 import sys
@@ -22,12 +29,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
-from retinanet_lib.predict import predict_dicoms, submission_table  # noqa: E402
-from retinanet_lib.train import load_trained_model  # noqa: E402
-from retinanet_lib.viz import show_heatmap  # noqa: E402
+from retinanet_lib.predict import iter_predictions, submission_table  # noqa: E402
+from retinanet_lib.rejects import RejectLog  # noqa: E402
+from retinanet_lib.train import THRESHOLD_FILE, load_trained_model  # noqa: E402
+from retinanet_lib.viz import HeatmapWriter  # noqa: E402
+
+DETECTION_COLUMNS = ["patientId", "confidence", "x", "y", "width", "height"]
 
 
 def collect_dicoms(inputs: list[str]) -> list[Path]:
@@ -50,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", help="training folder (config.json + best.weights.h5)")
     parser.add_argument("inputs", nargs="+", help="DICOM files or folders, then the output folder")
     parser.add_argument("--score-threshold", type=float, default=None)
+    parser.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
+    parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dpi", type=int, default=80)
     args = parser.parse_args(argv)
     *inputs, output = args.inputs
@@ -62,32 +73,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     decode_cfg = cfg.decode
+    source = f"the run's {THRESHOLD_FILE}"
     if args.score_threshold is not None:
         decode_cfg = dataclasses.replace(decode_cfg, score_threshold=args.score_threshold)
+        source = "--score-threshold"
+    elif not (Path(args.workdir) / THRESHOLD_FILE).is_file():
+        source = "the default; the run has no chosen threshold"
+    print(f"score threshold {decode_cfg.score_threshold:.2f} ({source})")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    predictions = predict_dicoms(model, cfg, paths, decode_cfg)
-    rows = []
-    for prediction in predictions:
-        scale_x, scale_y = prediction.input_to_original_scale
-        to_input = [1 / scale_x, 1 / scale_y, 1 / scale_x, 1 / scale_y]
-        fig, ax = plt.subplots(figsize=(5, 4.2))
-        show_heatmap(
-            ax,
-            prediction.image,
-            prediction.heatmap,
-            pred_boxes_xyxy=prediction.boxes_xyxy * to_input,
-            title=prediction.patient_id[:13],
-        )
-        fig.savefig(out / f"{prediction.patient_id}.png", dpi=args.dpi, bbox_inches="tight")
-        plt.close(fig)
-        for box, score in zip(prediction.boxes_xyxy, prediction.scores, strict=True):
-            rows.append((prediction.patient_id, float(score), *box[:2], *(box[2:] - box[:2])))
-    columns = ["patientId", "confidence", "x", "y", "width", "height"]
-    pd.DataFrame(rows, columns=columns).to_csv(out / "detections.csv", index=False)
-    submission_table(predictions).to_csv(out / "submission.csv", index=False)
-    print(f"{len(predictions)} images, {len(rows)} detections -> {out}")
-    return 0
+    rejects = RejectLog()
+    writer = None if args.no_heatmaps else HeatmapWriter(dpi=args.dpi)
+    predictions = iter_predictions(
+        model,
+        cfg,
+        paths,
+        decode_cfg,
+        batch_size=args.batch_size,
+        heatmap_reduce=None if args.no_heatmaps else "mean",
+        rejects=rejects,
+    )
+    done, num_boxes = [], 0
+    with (
+        open(out / "detections.csv", "w", newline="") as handle,
+        tqdm(total=len(paths), unit="image") as progress,
+    ):
+        detections = csv.writer(handle)
+        detections.writerow(DETECTION_COLUMNS)
+        for prediction in predictions:
+            progress.update(1)
+            if writer is not None:
+                writer.save(prediction, out / f"{prediction.patient_id}.png")
+            for box, score in zip(prediction.boxes_xyxy, prediction.scores, strict=True):
+                width, height = box[2:] - box[:2]
+                detections.writerow(
+                    [
+                        prediction.patient_id,
+                        f"{score:.4f}",
+                        *(f"{v:.1f}" for v in box[:2]),
+                        f"{width:.1f}",
+                        f"{height:.1f}",
+                    ]
+                )
+            num_boxes += len(prediction.scores)
+            done.append(dataclasses.replace(prediction, image=None, heatmap=None))
+        progress.update(len(rejects))  # the skipped files count as handled
+    submission = submission_table(done, [p.stem for p in paths])
+    submission.to_csv(out / "submission.csv", index=False)
+    print(
+        f"{len(done)} of {len(paths)} images predicted, {num_boxes} detections -> {out}; "
+        + rejects.report(out)
+    )
+    return 0 if done else 1
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
 """Train RetinaNet on the RSNA data (real or synthetic) with the chapters' settings.
 
     python data_scripts/train.py runs/cpu                       # CPU default, synthetic data
+    python data_scripts/train.py runs/cpu-seed3 --seed 3        # another training seed
     RETINANET_MODE=full RETINANET_DATA_DIR=/data/rsna python data_scripts/train.py runs/full
-    python data_scripts/train.py runs/cpu --epochs 5            # override the epoch count
-    python data_scripts/train.py runs/x --data-root /some/rsna/folder
+    python data_scripts/train.py runs/cpu --epochs 30           # continue a finished run
+    python data_scripts/train.py runs/cpu --overwrite           # start again from scratch
+    python data_scripts/train.py runs/cpu --export runs/cpu/saved_model
 
-Re-running the same command after an interruption resumes from the last finished epoch.
-The best weights (lowest validation loss) end up in WORKDIR/best.weights.h5, with config.json,
-history.csv and TensorBoard logs (tensorboard --logdir WORKDIR/logs).
+Before training, every image file is decoded once in parallel (`--skip-verify` skips this);
+if more than `TrainConfig.max_bad_file_fraction` of them are unreadable, training does not
+start, and fewer are skipped and listed in WORKDIR/rejects.csv. Re-running the same command
+after an interruption resumes from the last finished epoch; on a finished run it says so and
+stops, unless asked for more epochs or `--overwrite`. The best weights (lowest validation
+loss) end up in WORKDIR/best.weights.h5, with config.json, history.csv, run.json and
+TensorBoard logs (tensorboard --logdir WORKDIR/logs). After training, the score threshold
+with the best RSNA metric on the validation split is saved in WORKDIR/score_threshold.json;
+predict.py uses it. `--export DIR` also writes a SavedModel (see retinanet_lib/export.py).
 """
 
 from __future__ import annotations
@@ -15,20 +23,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from retinanet_lib.config import config_for_mode, run_mode_from_env  # noqa: E402
-from retinanet_lib.pipeline import make_dataset, make_records  # noqa: E402
-from retinanet_lib.rsna import (  # noqa: E402
-    LABELS_FILE,
-    load_rsna_labels,
-    prepare_data,
-    require_rsna_layout,
-    split_patients,
+from retinanet_lib.evaluate import choose_score_threshold, predict_split  # noqa: E402
+from retinanet_lib.export import export_inference_model  # noqa: E402
+from retinanet_lib.rejects import TooManyBadFilesError, verify_dicoms  # noqa: E402
+from retinanet_lib.splits import load_splits  # noqa: E402
+from retinanet_lib.train import (  # noqa: E402
+    RunFinishedError,
+    RunMismatchError,
+    load_trained_model,
+    save_score_threshold,
+    set_seed,
+    train_retinanet,
 )
-from retinanet_lib.train import set_seed, train_retinanet  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,29 +48,79 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("workdir", help="folder for weights, config and logs")
     parser.add_argument("--epochs", type=int, default=None, help="override cfg.train.epochs")
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
     parser.add_argument(
-        "--data-root",
-        default=None,
-        help="an RSNA-layout folder (default: chosen by RETINANET_MODE)",
+        "--data-root", default=None, help="an RSNA-layout folder (default: by RETINANET_MODE)"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace a run in WORKDIR")
+    parser.add_argument("--skip-verify", action="store_true", help="no pre-flight file check")
+    parser.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=None,
+        help="largest share of unreadable files to skip (default TrainConfig's 0.01)",
+    )
+    parser.add_argument("--export", default=None, metavar="DIR", help="also write a SavedModel")
     args = parser.parse_args(argv)
     mode = run_mode_from_env()
     cfg = config_for_mode(mode)
     overrides = {
-        k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None
+        name: value
+        for name, value in (("epochs", args.epochs), ("batch_size", args.batch_size))
+        if value is not None
     }
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.max_bad_fraction is not None:
+        overrides["max_bad_file_fraction"] = args.max_bad_fraction
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
     set_seed(cfg.train.seed)
-    root = require_rsna_layout(args.data_root) if args.data_root else prepare_data(mode)
-    labels = load_rsna_labels(root / LABELS_FILE)
-    print(f"mode {mode}: {labels.summary()}")
-    train_ids, val_ids = split_patients(labels, cfg.data.validation_fraction, cfg.data.seed)
-    batch = cfg.train.batch_size
-    train_ds = make_dataset(make_records(root, labels, train_ids), cfg, batch, training=True)
-    val_ds = make_dataset(make_records(root, labels, val_ids), cfg, batch, training=False)
-    result = train_retinanet(cfg, train_ds, val_ds, args.workdir, verbose=1)
-    best = min(result.history["val_loss"])
-    print(f"best validation loss {best:.4f}; weights in {result.workdir}/best.weights.h5")
+    splits = load_splits(mode, cfg, args.data_root)
+    print(f"mode {mode}, {splits.data_name} data: {splits.labels.summary()}")
+    if not args.skip_verify:
+        paths = splits.train.paths + splits.validation.paths
+        bad = verify_dicoms(paths)
+        print(f"verify: {bad.report(args.workdir)}")
+        try:
+            bad.check_fraction(len(paths), cfg.train.max_bad_file_fraction)
+        except TooManyBadFilesError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+    try:
+        result = train_retinanet(
+            cfg, splits.train, splits.validation, args.workdir, overwrite=args.overwrite
+        )
+    except RunFinishedError as error:
+        print(error)
+        result = None
+    except (RunMismatchError, TooManyBadFilesError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(
+            f"trained in {result.seconds:.0f} s; best validation loss "
+            f"{min(result.history['val_loss']):.4f}; weights in {args.workdir}/best.weights.h5"
+        )
+        if len(result.rejects):
+            print(f"skipped {len(result.rejects)} unreadable files (listed in rejects.csv)")
+        validation = predict_split(result.model, splits.validation, cfg)
+        threshold, table = choose_score_threshold(
+            validation.predictions, validation.gt_boxes_xyxy, cfg
+        )
+        chosen_on = (
+            f"best RSNA metric on the validation split ({len(validation)} {splits.data_name} "
+            "images), grid 0.05..0.90"
+        )
+        save_score_threshold(args.workdir, threshold, chosen_on, table)
+        best = table.loc[threshold]
+        print(
+            f"score threshold {threshold:.2f} saved (validation RSNA metric "
+            f"{best['rsna_metric']:.3f}, {splits.data_name} data)"
+        )
+    if args.export:
+        model, run_cfg = load_trained_model(args.workdir)
+        export_inference_model(model, run_cfg, args.export)
+        print(f"SavedModel written to {args.export}")
     return 0
 
 
