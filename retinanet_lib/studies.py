@@ -1,0 +1,250 @@
+"""Small, repeatable experiments: train one configuration with one seed, score it, summarise.
+
+The book's comparisons (loss functions, input size, augmentation, the CPU recipe) are too long
+to run inside a chapter, so `data_scripts/` scripts run them with several seeds and write one
+CSV row per configuration ("arm") and seed. The CSVs ship with the library
+(`retinanet_lib/results/`), so a chapter can plot them in Colab too (`load_result`), next to a
+short live run made with the same `run_arm`.
+
+Every run is scored the same way: the score threshold is chosen on the training split
+(`evaluate.choose_score_threshold`), then the validation split is scored at that threshold
+(RSNA metric, precision and recall at IoU 0.5) and without any threshold (average precision at
+IoU 0.5). The test split is never used here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from retinanet_lib.config import DataConfig, RetinaNetConfig
+from retinanet_lib.evaluate import (
+    SplitPredictions,
+    average_precision_at,
+    choose_score_threshold,
+    predict_split,
+    score_at,
+)
+from retinanet_lib.inference import predict_images
+from retinanet_lib.metrics import DetectionScores
+from retinanet_lib.preprocess import augment, to_model_input
+from retinanet_lib.splits import DataSplits
+from retinanet_lib.train import set_seed, train_retinanet
+
+__all__ = [
+    "ArmResult",
+    "FirstStepsLoss",
+    "RESULTS_PACKAGE",
+    "append_row",
+    "done_runs",
+    "load_result",
+    "moved_validation_scores",
+    "run_arm",
+    "summarize",
+    "with_seed",
+]
+
+#: Package folder holding the committed study results.
+RESULTS_PACKAGE = "retinanet_lib.results"
+
+
+class FirstStepsLoss(keras.callbacks.Callback):
+    """Records the loss of each of the first `num_steps` training batches.
+
+    Keras reports a running mean over the epoch so far (`m_k` after batch `k`, counted from
+    0); the loss of batch `k` is recovered as `(k + 1) m_k - k m_(k-1)`.
+    """
+
+    def __init__(self, num_steps: int) -> None:
+        super().__init__()
+        self.num_steps = num_steps
+        self.losses: list[float] = []
+        self._previous_mean = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        if len(self.losses) >= self.num_steps:
+            return
+        mean = float((logs or {}).get("loss", np.nan))
+        previous = self._previous_mean if batch > 0 else 0.0
+        self.losses.append((batch + 1) * mean - batch * previous)
+        self._previous_mean = mean
+
+
+def with_seed(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:
+    """`cfg` with training seed `seed` (weights, data order, augmentation); same data split."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One trained and scored configuration.
+
+    Attributes:
+        row: The CSV row: `arm`, `seed`, `rsna_metric`, `precision`, `recall`, `ap50`,
+            `score_threshold`, `train_seconds`, `best_epoch`, `val_images`, `data`.
+        model: The trained model (best validation-loss weights).
+        history: Per-epoch losses.
+        first_losses: Training loss of the first steps (when asked for).
+        validation: The validation predictions (for curves and galleries).
+    """
+
+    row: dict
+    model: keras.Model
+    history: dict[str, list[float]]
+    first_losses: list[float]
+    validation: SplitPredictions
+
+
+def run_arm(
+    arm: str,
+    cfg: RetinaNetConfig,
+    splits: DataSplits,
+    seed: int,
+    first_steps: int = 0,
+    extra_scores: Callable[..., dict] | None = None,
+) -> ArmResult:
+    """Trains `cfg` with `seed` as `train_retinanet` does (best validation-loss checkpoint) and
+    scores it on the validation split at a threshold chosen on the training split.
+
+    Args:
+        arm: Name of the configuration (the CSV's `arm` column).
+        cfg: The configuration.
+        splits: Data (train and validation are used).
+        seed: Training seed.
+        first_steps: Record the loss of this many first training steps.
+        extra_scores: `(model, cfg, validation, threshold) -> dict` of more columns (e.g.
+            `moved_validation_scores`); `validation` then holds the images.
+
+    Returns:
+        The row and the trained model.
+    """
+    cfg = with_seed(cfg, seed)
+    set_seed(seed)
+    recorder = FirstStepsLoss(first_steps)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        result = train_retinanet(
+            cfg,
+            splits.train,
+            splits.validation,
+            workdir,
+            verbose=0,
+            tensorboard=False,
+            extra_callbacks=[recorder] if first_steps else None,
+        )
+        seconds = time.perf_counter() - start
+    train_split = predict_split(result.model, splits.train, cfg)
+    threshold, _ = choose_score_threshold(train_split.predictions, train_split.gt_boxes_xyxy, cfg)
+    validation = predict_split(
+        result.model, splits.validation, cfg, keep_images=extra_scores is not None
+    )
+    scores = score_at(validation.predictions, validation.gt_boxes_xyxy, cfg, threshold)
+    curve = average_precision_at(validation.predictions, validation.gt_boxes_xyxy, cfg)
+    val_loss = result.history.get("val_loss", [np.nan])
+    row = {
+        "arm": arm,
+        "seed": seed,
+        "rsna_metric": round(scores.rsna_metric, 4),
+        "precision": round(scores.precision, 4),
+        "recall": round(scores.recall, 4),
+        "ap50": round(curve.average_precision, 4),
+        "score_threshold": threshold,
+        "train_seconds": round(seconds, 1),
+        "best_epoch": int(np.nanargmin(val_loss)) + 1,
+        "val_images": len(validation),
+        "data": splits.data_name,
+    }
+    if extra_scores is not None:
+        row.update(extra_scores(result.model, cfg, validation, threshold))
+    return ArmResult(row, result.model, result.history, recorder.losses, validation)
+
+
+def moved_validation_scores(
+    model: keras.Model,
+    cfg: RetinaNetConfig,
+    validation: SplitPredictions,
+    threshold: float,
+    move: DataConfig,
+    seed: int = 0,
+) -> DetectionScores:
+    """RSNA metric on the validation images moved by `augment` (a fixed, seeded transform
+    per image), so that opacities appear where training rarely put them.
+
+    Args:
+        model: A trained model.
+        cfg: Its config.
+        validation: `predict_split(..., keep_images=True)` of the validation split.
+        threshold: Score threshold (chosen on the training split).
+        move: The flip / rotation / shift to apply.
+        seed: Seed of the transforms (image `i` uses `[seed, i]`).
+
+    Returns:
+        The scores on the moved images.
+    """
+    if validation.images is None:
+        raise ValueError("moved_validation_scores needs predict_split(..., keep_images=True).")
+    moved = [
+        augment(image, boxes, move, seed=[seed, index])
+        for index, (image, boxes) in enumerate(
+            zip(validation.images, validation.gt_boxes_xyxy, strict=True)
+        )
+    ]
+    images = np.stack([image.numpy() for image, _ in moved])
+    predictions = predict_images(model, to_model_input(images, cfg.model.backbone), cfg)
+    return score_at(predictions, [boxes.numpy() for _, boxes in moved], cfg, threshold)
+
+
+def done_runs(csv_path: str | Path) -> set[tuple[str, int]]:
+    """`(arm, seed)` pairs already in a results CSV (so a study can resume)."""
+    path = Path(csv_path)
+    if not path.is_file():
+        return set()
+    table = pd.read_csv(path)
+    return set(zip(table["arm"], table["seed"].astype(int), strict=True))
+
+
+def append_row(csv_path: str | Path, row: dict) -> None:
+    """Appends one row to a results CSV (header written with the first row)."""
+    path = Path(csv_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame([row]).to_csv(path, mode="a", header=not path.is_file(), index=False)
+
+
+def load_result(name: str) -> pd.DataFrame:
+    """A committed study result, e.g. `load_result("loss_study")` (`results/loss_study.csv`)."""
+    source = resources.files(RESULTS_PACKAGE) / f"{name}.csv"
+    if not source.is_file():
+        raise FileNotFoundError(
+            f"No study result {name!r} in {RESULTS_PACKAGE}; the scripts in data_scripts/ "
+            "write them (see their docstrings)."
+        )
+    with source.open() as handle:
+        return pd.read_csv(handle)
+
+
+def summarize(
+    table: pd.DataFrame,
+    by: str | Sequence[str] = "arm",
+    columns: Sequence[str] = ("rsna_metric", "ap50", "precision", "recall"),
+    order: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Mean, standard deviation, minimum and maximum over seeds, per arm.
+
+    Returns:
+        One row per arm, columns `(metric, statistic)` plus `seeds`, in `order` if given.
+    """
+    grouped = table.groupby(by, sort=False)
+    summary = grouped[list(columns)].agg(["mean", "std", "min", "max"])
+    summary[("seeds", "")] = grouped.size()
+    if order is not None:
+        summary = summary.loc[list(order)]
+    return summary

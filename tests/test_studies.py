@@ -1,0 +1,60 @@
+import dataclasses
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from retinanet_lib.config import config_for_mode
+from retinanet_lib.studies import (
+    FirstStepsLoss,
+    append_row,
+    done_runs,
+    load_result,
+    summarize,
+    with_seed,
+)
+
+
+def test_first_steps_loss_recovers_each_batch_loss_from_the_running_mean():
+    """A model whose loss is exactly the batch's target value: the recorded losses must be
+    the targets themselves, not Keras' running means."""
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    model.compile(optimizer="sgd", loss=lambda y, p: y + 0.0 * p)
+    targets = np.array([[5.0], [1.0], [3.0], [2.0], [7.0], [4.0]], np.float32)
+    recorder = FirstStepsLoss(num_steps=5)
+    model.fit(
+        np.zeros((6, 1)),
+        targets,
+        batch_size=1,
+        epochs=2,
+        verbose=0,
+        shuffle=False,
+        callbacks=[recorder],
+    )
+    np.testing.assert_allclose(recorder.losses, [5, 1, 3, 2, 7], rtol=1e-5)
+
+
+def test_results_csv_resumes_and_summarizes(tmp_path):
+    path = tmp_path / "study.csv"
+    assert done_runs(path) == set()
+    for arm, seed, value in (("a", 0, 0.5), ("a", 1, 0.7), ("b", 0, 0.2), ("b", 1, 0.4)):
+        append_row(path, {"arm": arm, "seed": seed, "rsna_metric": value, "ap50": 2 * value})
+    assert done_runs(path) == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    table = summarize(pd.read_csv(path), columns=("rsna_metric",), order=["b", "a"])
+    assert list(table.index) == ["b", "a"]
+    assert table.loc["a", ("rsna_metric", "mean")] == pytest.approx(0.6)
+    assert table.loc["a", ("rsna_metric", "std")] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert table.loc["b", ("rsna_metric", "min")] == 0.2 and table.loc["b", ("seeds", "")] == 2
+
+
+def test_with_seed_changes_only_the_training_seed():
+    cfg = config_for_mode("cpu")
+    seeded = with_seed(cfg, 7)
+    assert seeded.train.seed == 7 and seeded.data == cfg.data
+    assert dataclasses.replace(seeded, train=cfg.train) == cfg
+
+
+def test_missing_result_says_where_results_come_from():
+    with pytest.raises(FileNotFoundError, match="data_scripts"):
+        load_result("no_such_study")
