@@ -84,6 +84,9 @@ RECIPE_ARMS: dict[str, Arm] = {
     "320 px, 14 epochs": lambda cfg, splits: dataclasses.replace(
         _set(cfg, "train", epochs=14, epochs_per_drop=10), image_size=320
     ),
+    "30 epochs": lambda cfg, splits: _set(cfg, "train", epochs=30, epochs_per_drop=22),
+    "batch 4": lambda cfg, splits: _set(cfg, "train", batch_size=4),
+    "2 hidden convolutions per head": lambda cfg, splits: _set(cfg, "model", head_convs=2),
 }
 
 LOSS_ARMS: dict[str, Arm] = {

@@ -41,6 +41,7 @@ __all__ = [
     "RetinaNetConfig",
     "SyntheticConfig",
     "config_for_mode",
+    "describe_setup",
     "run_mode_from_env",
 ]
 
@@ -455,6 +456,44 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
         epochs_per_drop=14,
     )
     return RetinaNetConfig(image_size=256, model=cpu_model, train=cpu_train)
+
+
+def _format_rate(rate: float) -> str:
+    """`5e-4`, `2.5e-5`: a learning rate the way papers write it."""
+    mantissa, exponent = f"{rate:.3e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def describe_setup(cfg: RetinaNetConfig) -> dict[str, str]:
+    """The model and training setup in words, one entry per row of a side-by-side table.
+
+    Example:
+        >>> describe_setup(config_for_mode("full"))["learning rate from epoch"]
+        '5e-4 (1), 5e-5 (6), 2.5e-5 (11), 2.5e-6 (16), 1e-6 (21)'
+    """
+    model, train = cfg.model, cfg.train
+    weights = {"imagenet": "ImageNet weights", None: "trained from scratch"}.get(
+        model.backbone_weights, "weights from a file"
+    )
+    starts = [1 + k * train.epochs_per_drop for k in range(len(train.learning_rates))]
+    schedule = ", ".join(
+        f"{_format_rate(rate)} ({start})"
+        for rate, start in zip(train.learning_rates, starts, strict=True)
+        if start <= train.epochs
+    )
+    optimizer = "SGD, momentum " + f"{train.momentum:g}" if train.optimizer == "sgd" else "Adam"
+    return {
+        "input size": f"{cfg.image_size} x {cfg.image_size} px",
+        "backbone": f"{model.backbone}, {weights}",
+        "backbone trained": "no (frozen)" if model.freeze_backbone else "yes",
+        "FPN width (channels)": str(model.fpn_channels),
+        "hidden convolutions per head": str(model.head_convs),
+        "optimizer": optimizer,
+        "learning rate from epoch": schedule,
+        "warm-up (epochs)": f"{train.warmup_epochs:g}",
+        "batch size": str(train.batch_size),
+        "epochs": str(train.epochs),
+    }
 
 
 @dataclass(frozen=True)

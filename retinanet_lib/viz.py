@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
+from matplotlib.ticker import MaxNLocator
 
-from retinanet_lib.anchors import feature_map_sizes
+from retinanet_lib.anchors import anchor_shapes_per_level, feature_map_sizes
 from retinanet_lib.config import AnchorConfig
 
 __all__ = [
@@ -215,16 +216,202 @@ class HeatmapWriter:
         plt.close(self.figure)
 
 
+def _integer_epochs(ax: Axes, num_epochs: int) -> None:
+    """Epoch axis from 1 to `num_epochs` with whole-number ticks only."""
+    ax.set_xlim(0.5, num_epochs + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
 def plot_history(
     ax: Axes, history: dict[str, list[float]], keys: tuple[str, ...] = ("loss", "val_loss")
 ) -> Axes:
-    """Training curves (one line per key) against epochs, starting at 1."""
+    """Training curves (one line per key) against epochs 1, 2, ..., with integer ticks."""
+    num_epochs = 1
     for key in keys:
         values = history.get(key)
         if values:
             ax.plot(np.arange(1, len(values) + 1), values, marker=".", label=key)
-    ax.set_xlabel("epoch")
+            num_epochs = max(num_epochs, len(values))
+    _integer_epochs(ax, num_epochs)
     ax.legend()
+    return ax
+
+
+def plot_learning_rates(ax: Axes, rates_per_epoch: TensorLike, title: str | None = None) -> Axes:
+    """The learning rate of each epoch as steps (log scale), epochs 1..N with integer ticks."""
+    rates = np.asarray(rates_per_epoch, np.float64)
+    epochs = np.arange(1, len(rates) + 1)
+    ax.step(epochs, rates, where="mid", marker=".")
+    ax.set_yscale("log")
+    ax.set_ylabel("learning rate")
+    _integer_epochs(ax, len(rates))
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_anchor_shapes(ax: Axes, cfg: AnchorConfig, level_index: int = 0) -> Axes:
+    """The anchor shapes of one pyramid level, drawn around a shared centre.
+
+    Colour gives the aspect ratio, line style the scale. Every other level holds the same
+    shapes scaled by its base size (x2 per level in the paper's setup).
+    """
+    shapes_wh = anchor_shapes_per_level(cfg)[level_index]  # (A, 2)
+    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(cfg.aspect_ratios)))
+    styles = ("-", "--", ":", "-.")
+    num_scales = len(cfg.scales)
+    for index, (width, height) in enumerate(shapes_wh):
+        ratio, scale = divmod(index, num_scales)
+        box = np.array([[-width / 2, -height / 2, width / 2, height / 2]])
+        label = None
+        if scale == 0:
+            label = f"ratio {cfg.aspect_ratios[ratio]:g}"
+        draw_boxes(
+            ax,
+            box,
+            color=colors[ratio],
+            linewidth=1.6,
+            linestyle=styles[scale % len(styles)],
+            label=label,
+        )
+    ax.plot(0, 0, "k.")
+    limit = float(shapes_wh.max()) * 0.6
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(limit, -limit)
+    ax.set_aspect("equal")
+    ax.set_xlabel("pixels")
+    ax.legend(loc="upper right", fontsize=8)
+    level = cfg.levels[level_index]
+    ax.set_title(f"P{level}: base {cfg.base_sizes[level_index]:g} px, scales solid to dotted")
+    return ax
+
+
+def plot_pyramid_levels(
+    axes: np.ndarray, image: TensorLike, pyramid: list[TensorLike], levels: tuple[int, ...]
+) -> np.ndarray:
+    """The input and the mean absolute activation of each pyramid level (one panel each).
+
+    Args:
+        axes: `1 + len(levels)` axes.
+        image: `(S, S)` model-input image.
+        pyramid: Per level, a `(1, H, W, C)` feature map.
+        levels: The level numbers (3..7).
+
+    Returns:
+        `axes`.
+    """
+    axes = np.asarray(axes).ravel()
+    show_image(axes[0], image, title=f"input {np.asarray(image).shape[0]} px")
+    for ax, level, features in zip(axes[1:], levels, pyramid, strict=True):
+        features = np.asarray(features)[0]
+        ax.imshow(np.abs(features).mean(axis=-1), cmap="magma")
+        ax.set_title(f"P{level}: {features.shape[0]}x{features.shape[1]}")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return axes
+
+
+def plot_heatmap_gallery(
+    images: list[TensorLike],
+    rows: dict[str, list[TensorLike]],
+    titles: list[str],
+    gt_boxes_xyxy: list[TensorLike] | None = None,
+    pred_boxes_xyxy: list[TensorLike] | None = None,
+    panel_size: float = 2.6,
+) -> Any:
+    """A grid of heatmaps: one column per image, one row per kind of map.
+
+    Each row has one colour range, from 0 to the largest value in that row, and one colour bar:
+    the images of a row can be compared with each other, and a faint map (the blog's mean
+    rarely exceeds a few percent) is still visible.
+
+    Args:
+        images: `N` grayscale images.
+        rows: Row label -> `N` heatmaps (same pixel grid as the images).
+        titles: `N` column titles.
+        gt_boxes_xyxy: Optional `N` ground-truth box arrays, drawn red.
+        pred_boxes_xyxy: Optional `N` detection arrays, drawn dashed white.
+        panel_size: Side of one panel in inches.
+
+    Returns:
+        The figure.
+    """
+    num_images = len(images)
+    figure, axes = plt.subplots(
+        len(rows),
+        num_images,
+        figsize=(panel_size * num_images + 0.8, panel_size * len(rows)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row_axes, (label, heatmaps) in zip(axes, rows.items(), strict=True):
+        vmax = max(max(float(np.max(h)) for h in heatmaps), _MIN_COLOR_RANGE)
+        for column, ax in enumerate(row_axes):
+            show_heatmap(
+                ax,
+                images[column],
+                heatmaps[column],
+                gt_boxes_xyxy=None if gt_boxes_xyxy is None else gt_boxes_xyxy[column],
+                pred_boxes_xyxy=None if pred_boxes_xyxy is None else pred_boxes_xyxy[column],
+                colorbar=False,
+                vmax=vmax,
+            )
+        row_axes[0].set_ylabel(label)
+        mappable = row_axes[-1].images[-1]
+        figure.colorbar(mappable, ax=list(row_axes), fraction=0.02, pad=0.01, label="probability")
+    for ax, title in zip(axes[0], titles, strict=True):
+        ax.set_title(title, fontsize=9)
+    return figure
+
+
+def plot_precision_recall(
+    ax: Axes, curves: dict[str, tuple[TensorLike, TensorLike]], title: str | None = None
+) -> Axes:
+    """Precision against recall, one line per curve (e.g. one per loss function)."""
+    for label, (recall, precision) in curves.items():
+        ax.plot(np.asarray(recall), np.asarray(precision), label=label, drawstyle="steps-post")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_seeds(
+    ax: Axes, table: Any, metric: str, order: list[str] | None = None, by: str = "arm"
+) -> Axes:
+    """One row per arm: each seed as a dot, the mean as a bar, and the value written.
+
+    Args:
+        ax: Target axes.
+        table: A study table with columns `by`, `seed` and `metric`.
+        metric: The column to show.
+        order: Arms top to bottom (default: order of first appearance).
+        by: The column naming the arm.
+
+    Returns:
+        `ax`.
+    """
+    arms = list(order) if order is not None else list(dict.fromkeys(table[by]))
+    positions = np.arange(len(arms))[::-1]
+    for position, arm in zip(positions, arms, strict=True):
+        values = table.loc[table[by] == arm, metric].to_numpy(np.float64)
+        mean = float(np.mean(values))
+        ax.barh(position, mean, color="tab:blue", alpha=0.25, height=0.6)
+        ax.plot(values, np.full(len(values), position), "o", color="tab:blue", markersize=4)
+        spread = f" (range {values.min():.2f} to {values.max():.2f})" if len(values) > 1 else ""
+        ax.text(
+            1.01,
+            position,
+            f"{mean:.2f}{spread}",
+            va="center",
+            fontsize=8,
+            transform=ax.get_yaxis_transform(),
+        )
+    ax.set_yticks(positions, arms)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(metric)
     return ax
 
 

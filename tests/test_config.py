@@ -90,3 +90,20 @@ def test_run_mode_switch(monkeypatch):
     assert config_for_mode("full").image_size == 512
     with pytest.raises(ValueError):
         config_for_mode("fast")
+
+
+def test_describe_setup_reads_the_blogs_schedule_in_epochs():
+    from retinanet_lib.config import config_for_mode, describe_setup
+
+    blog = describe_setup(config_for_mode("full"))
+    # Rates drop every 5 epochs: they start at epochs 1, 6, 11, 16 and 21 of 25.
+    assert (
+        blog["learning rate from epoch"]
+        == "5e-4 (1), 5e-5 (6), 2.5e-5 (11), 2.5e-6 (16), 1e-6 (21)"
+    )
+    assert blog["backbone"] == "resnet50, ImageNet weights"
+    assert blog["backbone trained"] == "no (frozen)"
+    assert blog["optimizer"] == "SGD, momentum 0.9" and blog["batch size"] == "1"
+    assert (blog["input size"], blog["epochs"]) == ("512 x 512 px", "25")
+    cpu = describe_setup(config_for_mode("cpu"))
+    assert cpu["backbone trained"] == "yes" and cpu["optimizer"] == "Adam"

@@ -1,0 +1,72 @@
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from retinanet_lib import viz  # noqa: E402
+from retinanet_lib.config import AnchorConfig  # noqa: E402
+
+
+def test_gallery_rows_share_one_colour_range_from_zero_to_their_maximum():
+    images = [np.zeros((16, 16), np.uint8)] * 3
+    faint = [np.full((16, 16), v) for v in (0.01, 0.04, 0.02)]
+    strong = [np.full((16, 16), v) for v in (0.9, 0.1, 0.0)]
+    figure = viz.plot_heatmap_gallery(images, {"mean": faint, "weighted": strong}, ["a", "b", "c"])
+    axes = np.array(figure.axes[:6]).reshape(2, 3)
+    limits = [[ax.images[-1].get_clim() for ax in row] for row in axes]
+    assert all(clim == (0.0, 0.04) for clim in limits[0])  # the faint row is still visible
+    assert all(clim == (0.0, 0.9) for clim in limits[1])
+    assert [ax.get_title() for ax in axes[0]] == ["a", "b", "c"]
+    assert len(figure.axes) == 8  # six panels and one colour bar per row
+    plt.close(figure)
+
+
+def test_heatmap_axes_stay_on_the_image_and_auto_range_uses_the_maximum():
+    figure, ax = plt.subplots()
+    boxes = np.array([[-5, -5, 40, 40]])  # reaches past the 32 px image
+    viz.show_heatmap(ax, np.zeros((32, 32)), np.full((32, 32), 0.03), boxes, vmax=None)
+    assert ax.get_xlim() == (-0.5, 31.5) and ax.get_ylim() == (31.5, -0.5)
+    assert ax.images[-1].get_clim() == (0.0, 0.03)
+    plt.close(figure)
+
+
+def test_history_and_learning_rates_have_integer_epoch_ticks():
+    figure, (left, right) = plt.subplots(1, 2)
+    viz.plot_history(left, {"loss": [3.0, 2.0, 1.5], "val_loss": [3.5, 2.5, 2.0]})
+    assert left.get_xlim() == (0.5, 3.5)
+    ticks = [t for t in left.get_xticks() if 0.5 <= t <= 3.5]
+    assert ticks == [1, 2, 3]
+    viz.plot_learning_rates(right, [1e-3] * 4 + [1e-4] * 2)
+    assert right.get_xlim() == (0.5, 6.5) and right.get_yscale() == "log"
+    plt.close(figure)
+
+
+def test_anchor_shapes_panel_draws_every_shape_once():
+    figure, ax = plt.subplots()
+    viz.plot_anchor_shapes(ax, AnchorConfig())
+    assert len(ax.collections) == 9
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "ratio 0.5",
+        "ratio 1",
+        "ratio 2",
+    ]
+    plt.close(figure)
+
+
+def test_seed_plot_shows_every_seed_and_the_mean():
+    table = pd.DataFrame(
+        {"arm": ["a", "a", "b"], "seed": [0, 1, 0], "rsna_metric": [0.2, 0.4, 0.5]}
+    )
+    figure, ax = plt.subplots()
+    viz.plot_seeds(ax, table, "rsna_metric", order=["b", "a"])
+    labels = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
+    assert labels["b"] > labels["a"]  # the first arm of `order` is drawn on top
+    bars = {
+        round(patch.get_y() + patch.get_height() / 2): patch.get_width() for patch in ax.patches
+    }
+    assert np.isclose(bars[round(labels["a"])], 0.3) and np.isclose(bars[round(labels["b"])], 0.5)
+    texts = [t.get_text() for t in ax.texts]
+    assert "0.30 (range 0.20 to 0.40)" in texts and "0.50" in texts
+    plt.close(figure)
