@@ -24,6 +24,8 @@ __all__ = ["SourceCode", "library_versions", "setup_notebook", "show_source"]
 
 #: Matplotlib settings of every chapter: modest dpi keeps the stored figures light.
 FIGURE_DPI = 72
+#: Decimals pandas shows in the chapters' tables.
+TABLE_DECIMALS = 3
 _LIBRARY = "retinanet_lib"
 _FONT_SIZE = "0.8em"  # about 100 characters fit the book's column at a 1280 px window
 _STYLE = "default"
@@ -128,13 +130,16 @@ def library_versions() -> str:
     return f"TensorFlow {tf.__version__} | Keras {keras.__version__} | retinanet_lib {__version__}"
 
 
-def setup_notebook() -> str:
-    """Common chapter set-up: modest figure resolution; returns the version line.
+def setup_notebook() -> None:
+    """Common chapter set-up: modest figure resolution, tables with 3 decimals, and the
+    versions printed.
 
     Call it in a chapter's setup cell (TensorFlow's log settings must be made before
     TensorFlow is imported, so they stay in the cell above).
     """
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     plt.rcParams.update({"figure.dpi": FIGURE_DPI, "savefig.dpi": FIGURE_DPI})
-    return library_versions()
+    pd.set_option("display.precision", TABLE_DECIMALS)
+    print(library_versions())

@@ -44,7 +44,10 @@ def test_install_line_is_guarded_and_points_at_this_repo(path):
     assert lines[pip_index].startswith("    ")
     assert 'IN_COLAB = "google.colab" in sys.modules' in setup
     install = lines[pip_index]
-    assert f"git+{REPO_URL}.git@{BRANCH}" in install
+    # The URL lives in REPO (the line would not fit the book's column) and IPython expands
+    # {REPO} in the magic.
+    assert f'REPO = "{REPO_URL}.git"' in setup
+    assert "git+{REPO}@" + BRANCH in install
     assert not re.search(r"\btensorflow\b", install), "never reinstall TensorFlow on Colab"
     # Outside Colab the guarded block is skipped: the cell parses once the magic is removed,
     # and evaluating the guard here (no google.colab module) gives False.

@@ -1,0 +1,114 @@
+"""The chapters read well where people run them: short code lines, short setup, no test
+plumbing in view, solutions hidden everywhere, the library's own code on the page."""
+
+import ast
+import importlib
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+MAX_LINE = 79  # the rendered column at a 1280 px window
+MAX_SETUP_LINES = 12
+
+
+def notebook(path):
+    return nbformat.read(path, as_version=4)
+
+
+def code_cells(path):
+    return [c for c in notebook(path).cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_code_lines_fit_the_rendered_column(path):
+    long = [
+        (index, line)
+        for index, cell in enumerate(code_cells(path))
+        for line in cell.source.splitlines()
+        if len(line) > MAX_LINE
+    ]
+    assert not long, f"{len(long)} code lines over {MAX_LINE} characters: {long[:3]}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_test_plumbing_in_view(path):
+    for cell in code_cells(path):
+        assert "NBVAL" not in cell.source, "use the nbval-ignore-output cell tag"
+        tags = cell.metadata.get("tags", [])
+        assert all(tag.startswith(("nbval-", "hide-", "remove-")) for tag in tags), tags
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_setup_is_short_and_the_install_cell_is_collapsed(path):
+    cells = code_cells(path)
+    install, setup = cells[0], cells[1]
+    assert "%pip install" in install.source
+    assert "hide-input" in install.metadata.get("tags", [])
+    assert install.metadata.get("jupyter", {}).get("source_hidden") is True  # JupyterLab
+    assert install.metadata.get("cellView") == "form"  # Colab
+    assert "setup_notebook()" in setup.source
+    assert len(setup.source.strip().splitlines()) <= MAX_SETUP_LINES
+    imports = [line for line in setup.source.splitlines() if "import" in line]
+    assert len(imports) <= 8, "import modules, not 20 names"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_solutions_are_hidden_and_references_readable_in_jupyter_too(path):
+    markdown = "\n".join(c.source for c in notebook(path).cells if c.cell_type == "markdown")
+    assert "{admonition}" not in markdown, "MyST dropdowns show as raw text in JupyterLab"
+    assert re.search(r"\{(numref|cite[:a-z]*|ref)\}`", markdown) is None, "raw roles"
+    exercises = markdown[markdown.index("## Exercises") :]
+    assert exercises.count("<details>") == 1 and exercises.count("</details>") == 1
+    assert "<summary>" in exercises
+    answers = exercises[exercises.index("<details>") :]
+    assert re.search(r"^1\. ", answers, re.M), "the solutions sit inside <details>"
+
+
+def shown_names(path):
+    """The expressions passed to show_source in a chapter."""
+    names = []
+    for cell in code_cells(path):
+        source = "\n".join(  # IPython magics (the Colab install) become `pass`
+            re.sub(r"^(\s*)%.*$", r"\1pass", line) for line in cell.source.splitlines()
+        )
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "show_source":
+                names.append(ast.unparse(node.args[0]))
+    return names
+
+
+def resolve(dotted):
+    """`anchors.generate_anchors` -> the object in retinanet_lib.anchors."""
+    module_name, *attributes = dotted.split(".")
+    target = importlib.import_module(f"retinanet_lib.{module_name}")
+    for attribute in attributes:
+        target = getattr(target, attribute)
+    return target
+
+
+def test_chapters_walk_through_library_source():
+    shown = {path.name: shown_names(path) for path in CHAPTERS}
+    assert sum(bool(names) for names in shown.values()) >= 4, shown
+    everything = {name for names in shown.values() for name in names}
+    required = {
+        "anchors.generate_anchors",
+        "boxes.pairwise_iou",
+        "encoding.match_anchors",
+        "encoding.encode_box_deltas",
+        "layers.FeaturePyramid.call",
+        "layers.PredictionHead.__init__",
+        "losses.sigmoid_focal_loss",
+        "losses.RetinaNetLoss.components",
+        "inference.decode_all",
+        "inference.nms_tensors",
+        "heatmap.score_heatmap",
+    }
+    assert required <= everything, required - everything
+    for name in everything:
+        target = resolve(name)  # an AttributeError here: not a library symbol
+        module = getattr(target, "__module__", "")
+        assert module.startswith("retinanet_lib"), f"{name} is not library code"
