@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,19 +35,26 @@ def heatmap_per_box_loop(boxes_xyxy: np.ndarray, scores: np.ndarray, shape) -> n
     return np.divide(score_sum, divider, out=np.zeros(shape), where=divider > 0)
 
 
-def best_of(function, repeats: int) -> float:
+def timings(function, repeats: int) -> list[float]:
+    """Seconds of each of `repeats` calls."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def summary_ms(seconds: list[float]) -> str:
+    """Median and range in milliseconds."""
+    median = statistics.median(seconds) * 1000
+    return f"{median:8.1f} ms (range {min(seconds) * 1000:.1f} to {max(seconds) * 1000:.1f})"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--image-size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     size = args.image_size
@@ -57,14 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     loop = heatmap_per_box_loop(boxes, scores, (size, size))
     fast = score_heatmap(boxes, scores, (size, size))
     difference = float(np.abs(loop - fast).max())
-    loop_s = best_of(lambda: heatmap_per_box_loop(boxes, scores, (size, size)), args.repeats)
-    fast_s = best_of(lambda: score_heatmap(boxes, scores, (size, size)), args.repeats)
+    loop_s = timings(lambda: heatmap_per_box_loop(boxes, scores, (size, size)), args.repeats)
+    fast_s = timings(lambda: score_heatmap(boxes, scores, (size, size)), args.repeats)
     print(
         f"{len(boxes):,} boxes on a {size} x {size} map, {os.cpu_count()} CPU cores "
-        f"(best of {args.repeats})"
+        f"(median and range of {args.repeats} runs)"
     )
-    print(f"per-box loop:       {loop_s * 1000:8.1f} ms")
-    print(f"difference arrays:  {fast_s * 1000:8.1f} ms  ({loop_s / fast_s:.0f}x faster)")
+    speedup = statistics.median(loop_s) / statistics.median(fast_s)
+    print(f"per-box loop:      {summary_ms(loop_s)}")
+    print(f"difference arrays: {summary_ms(fast_s)}, {speedup:.0f}x faster")
     print(f"max |difference|:   {difference:.2e}")
     return 0 if difference < 1e-5 else 1
 

@@ -4,7 +4,8 @@
     python data_scripts/benchmark_pipeline.py --image-size 256 --root /path/to/rsna
 
 Cold = the first pass (DICOM decode, CLAHE, resize, augmentation, label encoding); cached = a
-later pass, where only augmentation, backbone preprocessing and label encoding run.
+later pass, where only augmentation, backbone preprocessing and label encoding run. Each is
+repeated (`--repeats`, a fresh pipeline each time) and printed as median and range.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import statistics
 import tempfile
 import time
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     root = args.root or tempfile.mkdtemp(prefix="rsna-bench-")
     if args.root is None:
@@ -48,19 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     ids = labels.patient_ids[: args.num_images]
     cfg = dataclasses.replace(config_for_mode("full"), image_size=args.image_size)
     records = make_records(root, labels, ids)
-    dataset = make_dataset(records, cfg, args.batch_size, training=True)
+    cold, cached = [], []
+    for _ in range(args.repeats):
+        dataset = make_dataset(records, cfg, args.batch_size, training=True)
+        cold.append(images_per_second(dataset))
+        cached.append(images_per_second(dataset))
     print(
         f"{len(ids)} images, {args.image_size} px, batch {args.batch_size}, "
-        f"{os.cpu_count()} CPU cores"
+        f"{os.cpu_count()} CPU cores, median and range of {args.repeats} pipelines"
     )
-    print(
-        f"cold   (decode + CLAHE + resize + augment + encode): "
-        f"{images_per_second(dataset):7.1f} images/s"
-    )
-    for index in range(1, args.passes):
+    for label, rates in (
+        ("cold (decode, CLAHE, resize, augment, encode)", cold),
+        ("cached (augment, preprocess, encode)", cached),
+    ):
         print(
-            f"cached pass {index} (augment + preprocess + encode):   "
-            f"{images_per_second(dataset):7.1f} images/s"
+            f"{label:47s} {statistics.median(rates):6.1f} images/s "
+            f"(range {min(rates):.1f} to {max(rates):.1f})"
         )
     return 0
 

@@ -37,6 +37,7 @@ from retinanet_lib.train import (  # noqa: E402
     RunFinishedError,
     RunMismatchError,
     load_trained_model,
+    read_run,
     save_score_threshold,
     set_seed,
     train_retinanet,
@@ -77,7 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(cfg.train.seed)
     splits = load_splits(mode, cfg, args.data_root)
     print(f"mode {mode}, {splits.data_name} data: {splits.labels.summary()}")
-    if not args.skip_verify:
+    finished = read_run(args.workdir)
+    done = finished is not None and finished["epochs"] >= cfg.train.epochs
+    if not args.skip_verify and (args.overwrite or not done):
         paths = splits.train.paths + splits.validation.paths
         bad = verify_dicoms(paths)
         print(f"verify: {bad.report(args.workdir)}")
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         chosen_on = (
             f"best RSNA metric on the validation split ({len(validation)} {splits.data_name} "
-            "images), grid 0.05..0.90"
+            "images), grid 0.01..0.90"
         )
         save_score_threshold(args.workdir, threshold, chosen_on, table)
         best = table.loc[threshold]

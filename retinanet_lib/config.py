@@ -391,6 +391,11 @@ class RetinaNetConfig:
         if int(self.num_classes) != self.num_classes or self.num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {self.num_classes}.")
 
+    def with_score_threshold(self, score_threshold: float) -> RetinaNetConfig:
+        """This config with another `decode.score_threshold` (e.g. a run's chosen one)."""
+        decode = dataclasses.replace(self.decode, score_threshold=float(score_threshold))
+        return dataclasses.replace(self, decode=decode)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-serialisable) of every setting."""
         return dataclasses.asdict(self)

@@ -21,10 +21,12 @@ import tensorflow as tf
 from retinanet_lib.anchors import generate_anchors
 from retinanet_lib.boxes import xywh_to_xyxy
 from retinanet_lib.config import RetinaNetConfig
+from retinanet_lib.heatmap import score_heatmap
 from retinanet_lib.inference import compiled_predictor, decode_all, non_max_suppression
 from retinanet_lib.metrics import (
     DetectionScores,
     PrecisionRecall,
+    bootstrap_interval,
     precision_recall,
     rsna_scores,
 )
@@ -34,6 +36,9 @@ from retinanet_lib.rejects import RejectLog
 
 __all__ = [
     "AP_SCORE_THRESHOLD",
+    "figure29_picks",
+    "heatmaps_of",
+    "metric_table",
     "SCORE_THRESHOLD_GRID",
     "SplitPredictions",
     "average_precision_at",
@@ -43,8 +48,10 @@ __all__ = [
     "score_at",
 ]
 
-#: The score thresholds `choose_score_threshold` tries: 0.05, 0.10, ..., 0.90.
-SCORE_THRESHOLD_GRID = tuple(np.round(np.arange(0.05, 0.91, 0.05), 2).tolist())
+#: The score thresholds `choose_score_threshold` tries: 0.01, 0.02, 0.03, then 0.05, 0.10, ...,
+#: 0.90. The low end is there for models whose scores run low (plain cross-entropy), so that a
+#: timid model is not judged at a threshold it can never reach.
+SCORE_THRESHOLD_GRID = (0.01, 0.02, 0.03) + tuple(np.round(np.arange(0.05, 0.91, 0.05), 2).tolist())
 #: Detections down to this score enter the precision-recall curve (so it reaches high recall).
 AP_SCORE_THRESHOLD = 0.01
 
@@ -194,3 +201,84 @@ def choose_score_threshold(
     """
     table = evaluate_thresholds(predictions, gt_boxes_xyxy, cfg, score_thresholds)
     return float(table["rsna_metric"].idxmax()), table
+
+
+def heatmaps_of(predictions: np.ndarray, cfg: RetinaNetConfig, reduce: str = "mean") -> list:
+    """The blog's per-pixel heatmap of each image's predictions (every anchor, no NMS).
+
+    Args:
+        predictions: `(N, num_anchors, 4 + K)` model outputs.
+        cfg: The model's config.
+        reduce: `"mean"` (the blog's) or `"score_weighted"`.
+
+    Returns:
+        `N` float32 maps `(S, S)` in model-input pixels.
+    """
+    boxes_xyxy, probabilities = _decode(predictions, cfg)
+    size = (cfg.image_size, cfg.image_size)
+    return [
+        score_heatmap(boxes, probs[:, 0], size, reduce=reduce)
+        for boxes, probs in zip(boxes_xyxy.numpy(), probabilities.numpy(), strict=True)
+    ]
+
+
+def figure29_picks(
+    scores: DetectionScores, gt_boxes_xyxy: Sequence[np.ndarray], predictions: np.ndarray
+) -> list[tuple[int, str]]:
+    """Four images in the spirit of the blog's Figure 29: the two positive images with the best
+    per-image score, the negative image the model gives its highest anchor probability, and the
+    positive image with the worst score.
+
+    Args:
+        scores: `score_at` result of the split (per-image scores).
+        gt_boxes_xyxy: The split's ground truth.
+        predictions: The split's `(N, A, 4 + K)` model outputs.
+
+    Returns:
+        `[(index, label), ...]`, labels "(a) found", "(b) found", "(c) negative",
+        "(d) worst positive".
+    """
+    positives = [i for i, boxes in enumerate(gt_boxes_xyxy) if len(boxes)]
+    negatives = [i for i, boxes in enumerate(gt_boxes_xyxy) if not len(boxes)]
+    if len(positives) < 3 or not negatives:
+        raise ValueError("figure29_picks needs at least 3 positive and 1 negative image.")
+    per_image = np.nan_to_num(scores.per_image)
+    ranked = sorted(positives, key=lambda i: (-per_image[i], i))
+    highest_logit = predictions[..., 4:].max(axis=(1, 2))
+    false_alarm = max(negatives, key=lambda i: highest_logit[i])
+    return [
+        (ranked[0], "(a) found"),
+        (ranked[1], "(b) found"),
+        (false_alarm, "(c) negative"),
+        (ranked[-1], "(d) worst positive"),
+    ]
+
+
+def metric_table(
+    splits: dict[str, SplitPredictions], cfg: RetinaNetConfig, score_threshold: float
+) -> tuple[pd.DataFrame, dict[str, DetectionScores]]:
+    """RSNA metric with its 95 % bootstrap interval, precision and recall, per split.
+
+    Args:
+        splits: Row label (say which data: "test (synthetic)") -> the split's predictions.
+        cfg: The model's config.
+        score_threshold: The one threshold used for every split.
+
+    Returns:
+        The table (one row per split: images, positive images, metric, interval, precision
+        and recall at IoU 0.5) and each split's full `DetectionScores`.
+    """
+    rows, scores = {}, {}
+    for label, split in splits.items():
+        result = score_at(split.predictions, split.gt_boxes_xyxy, cfg, score_threshold)
+        low, high = bootstrap_interval(result.per_image)
+        rows[label] = {
+            "images": len(split),
+            "positive": sum(len(boxes) > 0 for boxes in split.gt_boxes_xyxy),
+            "RSNA metric": round(result.rsna_metric, 3),
+            "95% interval": f"{low:.2f} to {high:.2f}",
+            "precision@0.5": round(result.precision, 3),
+            "recall@0.5": round(result.recall, 3),
+        }
+        scores[label] = result
+    return pd.DataFrame(rows).T, scores

@@ -16,6 +16,7 @@ one Python thread. Here the same steps are `tf.data` stages instead:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,13 @@ class Records:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> Records:
+        """The records at `indices`, in that order."""
+        return Records(
+            paths=[self.paths[i] for i in indices],
+            boxes_xywh=[self.boxes_xywh[i] for i in indices],
+        )
 
 
 def make_records(

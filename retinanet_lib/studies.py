@@ -26,7 +26,8 @@ import keras
 import numpy as np
 import pandas as pd
 
-from retinanet_lib.config import DataConfig, RetinaNetConfig
+from retinanet_lib.config import BACKGROUND_CLASS, IGNORE_CLASS, DataConfig, RetinaNetConfig
+from retinanet_lib.encoding import split_targets
 from retinanet_lib.evaluate import (
     SplitPredictions,
     average_precision_at,
@@ -36,16 +37,19 @@ from retinanet_lib.evaluate import (
 )
 from retinanet_lib.inference import predict_images
 from retinanet_lib.metrics import DetectionScores
+from retinanet_lib.pipeline import Records, make_dataset, num_batches
 from retinanet_lib.preprocess import augment, to_model_input
 from retinanet_lib.splits import DataSplits
 from retinanet_lib.train import set_seed, train_retinanet
 
 __all__ = [
     "ArmResult",
+    "anchor_counts",
     "FirstStepsLoss",
     "RESULTS_PACKAGE",
     "append_row",
     "done_runs",
+    "first_steps_losses",
     "load_result",
     "moved_validation_scores",
     "run_arm",
@@ -166,6 +170,63 @@ def run_arm(
     if extra_scores is not None:
         row.update(extra_scores(result.model, cfg, validation, threshold))
     return ArmResult(row, result.model, result.history, recorder.losses, validation)
+
+
+def anchor_counts(records: Records, cfg: RetinaNetConfig, batch_size: int = 16) -> pd.DataFrame:
+    """Positive, ignored and background anchors of every image, as the training targets
+    encode them (no augmentation).
+
+    Returns:
+        One row per image: `positive`, `ignored`, `background`, `gt_boxes`.
+    """
+    dataset = make_dataset(records, cfg, batch_size, training=False, cache=False)
+    rows = []
+    for _, targets in dataset:
+        codes = split_targets(targets)[1].numpy()  # (B, A)
+        rows.append(
+            np.stack(
+                [
+                    (codes >= 0).sum(axis=1),
+                    (codes == IGNORE_CLASS).sum(axis=1),
+                    (codes == BACKGROUND_CLASS).sum(axis=1),
+                ],
+                axis=1,
+            )
+        )
+    table = pd.DataFrame(np.concatenate(rows), columns=["positive", "ignored", "background"])
+    table["gt_boxes"] = [len(boxes) for boxes in records.boxes_xywh]
+    return table
+
+
+def first_steps_losses(
+    cfg: RetinaNetConfig, splits: DataSplits, seed: int, num_steps: int
+) -> list[float]:
+    """The loss of each of the first `num_steps` training steps, trained exactly as `run_arm`
+    trains (same seed, data order and schedule), but only for as many epochs as needed.
+
+    Returns:
+        `num_steps` per-step losses.
+    """
+    steps_per_epoch = num_batches(len(splits.train), cfg.train.batch_size, training=True)
+    epochs = -(-num_steps // steps_per_epoch)
+    short = _set_epochs(with_seed(cfg, seed), epochs)
+    set_seed(seed)
+    recorder = FirstStepsLoss(num_steps)
+    with tempfile.TemporaryDirectory() as workdir:
+        train_retinanet(
+            short,
+            splits.train,
+            splits.validation,
+            workdir,
+            verbose=0,
+            tensorboard=False,
+            extra_callbacks=[recorder],
+        )
+    return recorder.losses
+
+
+def _set_epochs(cfg: RetinaNetConfig, epochs: int) -> RetinaNetConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
 def moved_validation_scores(

@@ -1,15 +1,25 @@
-"""The built book in a real browser: every chapter page loads in headless Chromium with no
-JavaScript error, every local image loads, and the Colab launch button is there.
+"""The built book, and JupyterLab, in a real browser.
 
-Needs Debian's `chromium` (CI installs it; elsewhere the test is skipped when it is missing).
-A screenshot of Chapter 5's heatmap section is saved to `_build/artifacts/`.
+Every chapter page loads in headless Chromium at a 1280 px window with no JavaScript error,
+every local image loads, the Colab launch button is there, no code block or output scrolls
+sideways, and the exercise solutions are collapsed. One chapter is also opened in a real
+JupyterLab server (started from this environment), where the solutions must be collapsed too.
+
+Needs Debian's `chromium` (CI installs it; elsewhere the tests are skipped when it is missing).
+Screenshots are saved to `_build/artifacts/`: Chapter 5's heatmap section, Chapter 1's
+exercises in the book and in JupyterLab.
 """
 
 import functools
 import http.server
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -62,7 +72,7 @@ def browser():
         instance.close()
 
 
-def _open(browser, url):
+def _open(browser, url, wait_until="load"):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     problems = {"js": [], "failed": []}
     page.on(
@@ -80,8 +90,17 @@ def _open(browser, url):
             else None
         ),
     )
-    page.goto(url, wait_until="load")
+    page.goto(url, wait_until=wait_until)
     return page, problems
+
+
+# Elements whose content is wider than their box, i.e. that scroll sideways: code blocks and
+# text outputs (the highlighted library source wraps, so it never does).
+_SCROLLING_BLOCKS = """
+Array.from(document.querySelectorAll("pre"))
+  .filter(pre => pre.offsetParent !== null && pre.scrollWidth > pre.clientWidth + 1)
+  .map(pre => pre.innerText.split("\\n").sort((a, b) => b.length - a.length)[0].slice(0, 90))
+"""
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
@@ -100,6 +119,99 @@ def test_chapter_page_loads_in_chromium(server, browser, chapter):
     assert not problems["js"], problems["js"]
     launch = page.locator('a[href*="colab.research.google.com/github/"]')
     assert launch.count() >= 1, "no Colab launch button"
+    scrolling = page.evaluate(_SCROLLING_BLOCKS)
+    assert not scrolling, f"blocks that scroll sideways at 1280 px: {scrolling}"
+    details = page.locator("details")
+    assert details.count() >= 1, "no collapsed solutions"
+    assert not any(details.nth(i).get_attribute("open") is not None for i in range(details.count()))
+    page.close()
+
+
+def test_solutions_are_collapsed_in_the_book(server, browser):
+    page, _ = _open(browser, f"{server}/chapters/01_anchors.html")
+    details = page.locator("details").last
+    details.scroll_into_view_if_needed()
+    assert details.locator("summary").is_visible()
+    assert not details.locator("ol").is_visible()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    section = page.locator("section#exercises")
+    section.screenshot(path=str(ARTIFACTS / "book_chapter1_exercises_1280px.png"))
+    details.locator("summary").click()
+    assert details.locator("ol").is_visible()
+    page.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory):
+    """A JupyterLab server of this environment, without token or network, on a copy of the
+    chapters (JupyterLab may autosave what it opens; the committed notebooks stay untouched)."""
+    port = _free_port()
+    runtime = tmp_path_factory.mktemp("jupyter-runtime")
+    root = tmp_path_factory.mktemp("lab-root")
+    shutil.copytree(ROOT / "chapters", root / "chapters", ignore=shutil.ignore_patterns("data"))
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--no-browser",
+        f"--port={port}",
+        "--ServerApp.ip=127.0.0.1",
+        "--IdentityProvider.token=",
+        "--ServerApp.password=",
+        f"--ServerApp.root_dir={root}",
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
+        "--allow-root",
+    ]
+    environment = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/lab", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("JupyterLab did not start within 60 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_jupyterlab_opens_a_chapter_with_its_solutions_collapsed(jupyterlab, browser):
+    page, problems = _open(
+        browser, f"{jupyterlab}/lab/tree/chapters/01_anchors.ipynb", "domcontentloaded"
+    )
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector(".jp-RenderedMarkdown h1", timeout=60_000)
+    assert "Anchor boxes" in page.locator(".jp-RenderedMarkdown h1").first.inner_text()
+    # Windowed notebooks render cells near the viewport: scroll to the end.
+    for _ in range(40):
+        if page.locator(".jp-RenderedMarkdown details").count():
+            break
+        page.mouse.move(640, 500)
+        page.mouse.wheel(0, 4000)
+        page.wait_for_timeout(250)
+    details = page.locator(".jp-RenderedMarkdown details").last
+    details.scroll_into_view_if_needed()
+    assert details.get_attribute("open") is None
+    assert details.locator("summary").is_visible()
+    assert not details.locator("ol").is_visible(), "solutions are visible in JupyterLab"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "jupyterlab_chapter1_exercises.png"))
+    details.locator("summary").click()
+    assert details.locator("ol").is_visible()
     page.close()
 
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -107,3 +108,10 @@ def test_describe_setup_reads_the_blogs_schedule_in_epochs():
     assert (blog["input size"], blog["epochs"]) == ("512 x 512 px", "25")
     cpu = describe_setup(config_for_mode("cpu"))
     assert cpu["backbone trained"] == "yes" and cpu["optimizer"] == "Adam"
+
+
+def test_with_score_threshold_changes_only_the_threshold():
+    cfg = RetinaNetConfig(image_size=256)
+    changed = cfg.with_score_threshold(0.35)
+    assert changed.decode.score_threshold == 0.35 and cfg.decode.score_threshold == 0.05
+    assert dataclasses.replace(changed, decode=cfg.decode) == cfg

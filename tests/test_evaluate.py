@@ -109,3 +109,54 @@ def test_predict_images_matches_the_model_batch_by_batch():
     got = predict_images(model, images, CFG, batch_size=2)
     assert got.shape == (5, 3069, 5)
     np.testing.assert_allclose(got, np.asarray(model(images)), rtol=1e-4, atol=1e-4)
+
+
+def test_figure29_picks_follow_the_per_image_scores():
+    from retinanet_lib.evaluate import figure29_picks
+    from retinanet_lib.metrics import DetectionScores
+
+    box = np.array([[0, 0, 10, 10]], np.float32)
+    empty = np.zeros((0, 4), np.float32)
+    gt = [box, empty, box, box, empty, box]
+    per_image = np.array([0.5, np.nan, 0.9, 0.1, 0.0, 0.7])
+    scores = DetectionScores(0.0, per_image, 0.0, 0.0, *(np.zeros(8),) * 3)
+    predictions = np.zeros((6, 4, 5), np.float32)
+    predictions[4, 2, 4] = 3.0  # the negative image 4 has the most confident anchor
+    picks = figure29_picks(scores, gt, predictions)
+    assert picks == [
+        (2, "(a) found"),
+        (5, "(b) found"),
+        (4, "(c) negative"),
+        (3, "(d) worst positive"),
+    ]
+    with pytest.raises(ValueError):
+        figure29_picks(scores, [box, box, empty, empty, empty, empty], predictions)
+
+
+def test_heatmaps_of_match_the_heatmap_of_decoded_boxes(records):
+    from retinanet_lib.anchors import generate_anchors
+    from retinanet_lib.evaluate import heatmaps_of
+    from retinanet_lib.heatmap import score_heatmap
+    from retinanet_lib.inference import decode_all
+
+    rng = np.random.default_rng(3)
+    predictions = rng.normal(0, 1, (2, 3069, 5)).astype(np.float32)
+    maps = heatmaps_of(predictions, CFG, "score_weighted")
+    boxes, probabilities = decode_all(predictions, generate_anchors(128, 128, CFG.anchors), CFG)
+    expected = score_heatmap(boxes[1], probabilities[1, :, 0], (128, 128), "score_weighted")
+    assert len(maps) == 2 and maps[1].shape == (128, 128)
+    np.testing.assert_allclose(maps[1], expected, atol=1e-6)
+
+
+def test_metric_table_reports_each_split_with_an_interval(records):
+    from retinanet_lib.evaluate import SplitPredictions, metric_table
+
+    recs, _ = records
+    gt = predict_split(build_retinanet(CFG), recs, CFG).gt_boxes_xyxy
+    perfect = perfect_predictions(gt)
+    split = SplitPredictions(perfect, gt, np.arange(len(gt)), None, None)
+    table, scores = metric_table({"perfect": split}, CFG, 0.5)
+    row = table.loc["perfect"]
+    assert row["images"] == 6 and row["positive"] == sum(len(b) > 0 for b in gt)
+    assert row["RSNA metric"] == 1.0 and row["95% interval"] == "1.00 to 1.00"
+    assert scores["perfect"].recall == 1.0

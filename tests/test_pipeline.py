@@ -82,3 +82,13 @@ def test_split_feeds_the_pipeline(setup):
     assert len(make_records(root, labels, train_ids)) + len(val_ids) == 12
     with pytest.raises(ValueError, match="no records"):
         make_dataset(make_records(root, labels, []), cfg, 1, training=False)
+
+
+def test_records_subset_keeps_the_chosen_order():
+    from retinanet_lib.pipeline import Records
+
+    records = Records(
+        paths=["a", "b", "c"], boxes_xywh=[np.zeros((0, 4)), np.ones((1, 4)), 2 * np.ones((2, 4))]
+    )
+    picked = records.subset([2, 0])
+    assert picked.paths == ["c", "a"] and len(picked.boxes_xywh[0]) == 2 and len(picked) == 2

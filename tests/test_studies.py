@@ -58,3 +58,25 @@ def test_with_seed_changes_only_the_training_seed():
 def test_missing_result_says_where_results_come_from():
     with pytest.raises(FileNotFoundError, match="data_scripts"):
         load_result("no_such_study")
+
+
+def test_anchor_counts_match_the_encoder_image_by_image(tmp_path):
+    from retinanet_lib.boxes import scale_boxes, xywh_to_xyxy
+    from retinanet_lib.config import SyntheticConfig
+    from retinanet_lib.encoding import LabelEncoder
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import anchor_counts
+    from retinanet_lib.synthetic import write_synthetic_rsna
+
+    write_synthetic_rsna(tmp_path, SyntheticConfig(num_train=10, num_test=1, seed=2), False)
+    cfg = dataclasses.replace(config_for_mode("cpu"), image_size=128)
+    records = load_splits("cpu", cfg, data_root=tmp_path).train
+    table = anchor_counts(records, cfg, batch_size=3)
+    assert len(table) == len(records) and (table.sum(axis=1) > 0).all()
+    assert (table[["positive", "ignored", "background"]].sum(axis=1) == 3069).all()
+    encoder = LabelEncoder(cfg)
+    for row, boxes_xywh in zip(table.itertuples(), records.boxes_xywh, strict=True):
+        boxes = scale_boxes(xywh_to_xyxy(boxes_xywh), 128 / 1024, 128 / 1024)
+        _, stats = encoder.encode_sample_with_stats(boxes, np.zeros(len(boxes), int))
+        assert (row.positive, row.ignored) == (stats["num_positive"], stats["num_ignored"])
+        assert row.gt_boxes == len(boxes_xywh)
