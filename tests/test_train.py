@@ -260,3 +260,24 @@ def test_mirrored_strategy_on_two_logical_cpus_runs_a_step():
     assert "replicas 2" in result.stdout
     loss = float(result.stdout.split("loss")[-1])
     assert np.isfinite(loss)
+
+
+def test_disk_cache_is_written_in_the_run_folder(tmp_path):
+    from retinanet_lib.config import DataConfig, SyntheticConfig
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.synthetic import write_synthetic_rsna
+    from retinanet_lib.train import train_retinanet
+
+    write_synthetic_rsna(tmp_path / "data", SyntheticConfig(num_train=8, num_test=1), False)
+    cfg = dataclasses.replace(
+        TINY,
+        data=DataConfig(image_cache="disk"),
+        train=dataclasses.replace(TINY.train, epochs=2, batch_size=4),
+    )
+    splits = load_splits("cpu", cfg, data_root=tmp_path / "data")
+    train_retinanet(cfg, splits.train, splits.validation, tmp_path / "run", verbose=0)
+    cached = sorted(p.name for p in (tmp_path / "run" / "cache").iterdir())
+    assert any(name.startswith("train_64px") and name.endswith(".index") for name in cached)
+    assert any(name.startswith("val_64px") for name in cached)
+    assert not any(name.endswith(".lockfile") for name in cached)
+    assert config_for_mode("full").data.image_cache == "disk"
