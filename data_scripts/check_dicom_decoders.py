@@ -3,9 +3,9 @@
     python data_scripts/check_dicom_decoders.py
     python data_scripts/check_dicom_decoders.py --verbose     # also list every refused file
 
-Every regular file of `pydicom.data.get_testdata_files()` that holds Pixel Data is read; a refusal
-is a `DicomReadError` (grouped by reason), a crash is any other exception and should never happen
-(exit status 1). A missing decoder plugin shows up as refusals that say "Install a decoder".
+Every regular file pydicom ships in `pydicom/data/test_files/` that holds Pixel Data is read; a
+refusal is a `DicomReadError` (grouped by reason), a crash is any other exception and should
+never happen (exit status 1). A missing decoder plugin shows up as refusals that say "Install a decoder".
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import pydicom
-from pydicom.data import get_testdata_files
+import pydicom.data
 
 from retinanet_lib.dicom_io import DicomReadError, read_dicom_image
 
@@ -26,8 +26,8 @@ _REASON_CHARS = 140
 def files_with_pixel_data() -> list[Path]:
     """The regular files of pydicom's test data that hold Pixel Data (read leniently)."""
     found = []
-    for name in sorted(get_testdata_files()):
-        path = Path(name)
+    shipped = Path(pydicom.data.__file__).parent / "test_files"  # no download of extra data
+    for path in sorted(shipped.rglob("*")):
         if not path.is_file():
             continue
         try:

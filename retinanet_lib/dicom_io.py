@@ -102,16 +102,21 @@ def read_dicom_header(path: str | Path) -> Dataset:
     Raises:
         DicomReadError: If the file is missing or not DICOM.
     """
-    return _read_dataset(Path(path), stop_before_pixels=True)
+    return _read_dataset(Path(path), stop_before_pixels=True)[0]
 
 
-def _read_dataset(path: Path, stop_before_pixels: bool = False) -> Dataset:
+def _read_dataset(path: Path, stop_before_pixels: bool = False) -> tuple[Dataset, str]:
+    """Reads a file. pydicom's warnings about it (e.g. a truncated file) are returned, not
+    printed: `_check_single_image` puts them in its error if the image turns out unusable."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError as error:
         raise DicomReadError(f"{path}: file not found.") from error
     except (InvalidDicomError, *_BROKEN_DATA_ERRORS) as error:
         raise DicomReadError(f"{path}: not a readable DICOM file ({error}).") from error
+    return dataset, "; ".join(str(w.message) for w in caught)
 
 
 def _pylibjpeg_plugin(syntax: UID) -> str | None:
@@ -145,9 +150,16 @@ def _decoder_message(dataset: Dataset, path: Path, error: Exception) -> str:
     )
 
 
-def _check_single_image(dataset: Dataset, path: Path) -> None:
-    """Refuses, before any decoding, a file without pixel data or with several frames."""
+def _check_single_image(dataset: Dataset, path: Path, reading: str = "") -> None:
+    """Refuses, before any decoding, a file without pixel data or with several frames.
+
+    `reading` holds pydicom's warnings from reading the file, named in the error.
+    """
     if "PixelData" not in dataset:
+        if reading:  # e.g. a truncated download: the pixel data element never ended
+            raise DicomReadError(
+                f"{path}: no usable pixel data; the file looks truncated ({reading})."
+            )
         raise DicomReadError(f"{path}: the DICOM file has no pixel data (not an image).")
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
@@ -325,9 +337,9 @@ def read_dicom_image(path: str | Path) -> np.ndarray:
             (the message names the decoder to install), or one with invalid image attributes.
     """
     path = Path(path)
-    dataset = _read_dataset(path)
+    dataset, reading = _read_dataset(path)
     try:
-        _check_single_image(dataset, path)
+        _check_single_image(dataset, path, reading)
         _check_declared_size(dataset, path)
         return _to_gray_image(_decode_pixels(dataset, path), dataset, path)
     except DicomReadError:

@@ -54,6 +54,7 @@ __all__ = [
     "moved_validation_scores",
     "run_arm",
     "summarize",
+    "summary_text",
     "with_seed",
 ]
 
@@ -309,3 +310,27 @@ def summarize(
     if order is not None:
         summary = summary.loc[list(order)]
     return summary
+
+
+def summary_text(
+    table: pd.DataFrame,
+    columns: Sequence[str] = ("ap50", "rsna_metric"),
+    order: Sequence[str] | None = None,
+    by: str = "arm",
+) -> pd.DataFrame:
+    """`summarize` as compact text: "mean ± sd (min to max)" per metric, and the seeds.
+
+    Example:
+        A column holds entries like `"0.50 ± 0.02 (0.48 to 0.52)"`.
+    """
+    summary = summarize(table, by, columns, order)
+    text = pd.DataFrame(index=summary.index)
+    for column in columns:
+        stats = summary[column]
+        text[column] = [
+            f"{row['mean']:.2f} ± {0.0 if np.isnan(row['std']) else row['std']:.2f} "
+            f"({row['min']:.2f} to {row['max']:.2f})"
+            for _, row in stats.iterrows()
+        ]
+    text["seeds"] = summary[("seeds", "")].to_numpy()
+    return text

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
-from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pydicom.uid import (
@@ -100,8 +101,13 @@ def test_dicom_without_pixels_is_refused(tmp_path, gradient):
 
 
 def _pydicom_test_files() -> list[Path]:
-    """Every regular file pydicom ships for its tests (DICOMDIR members and non-DICOM included)."""
-    return sorted(Path(name) for name in get_testdata_files() if Path(name).is_file())
+    """Every regular file pydicom ships for its tests (DICOMDIR members and non-DICOM included).
+
+    Read from the installed package: `get_testdata_files()` would also try to download
+    pydicom's external test data, which is slow offline and changes what is tested.
+    """
+    shipped = Path(pydicom.data.__file__).parent / "test_files"
+    return sorted(path for path in shipped.rglob("*") if path.is_file())
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom comments on odd test files
@@ -331,3 +337,13 @@ def test_8_bit_voi_lut_with_more_than_256_entries(tmp_path):
     path = _write_16_bit(tmp_path, [10, 200, 260, 299, 4095], VOILUTSequence=[item])
     expected = np.tile(np.array([10, 200, 255, 255, 255], np.uint8), (6, 1))
     np.testing.assert_array_equal(read_dicom_image(path), expected)
+
+
+def test_a_truncated_file_is_named_as_such_without_printing_warnings(tmp_path, recwarn):
+    source = tmp_path / "whole.dcm"
+    write_dicom_image(source, np.full((64, 64), 100, np.uint8), "p", compression="jpeg")
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(source.read_bytes()[:600])
+    with pytest.raises(DicomReadError, match="truncated"):
+        read_dicom_image(truncated)
+    assert not [w for w in recwarn if "End of file" in str(w.message)]

@@ -80,3 +80,13 @@ def test_anchor_counts_match_the_encoder_image_by_image(tmp_path):
         _, stats = encoder.encode_sample_with_stats(boxes, np.zeros(len(boxes), int))
         assert (row.positive, row.ignored) == (stats["num_positive"], stats["num_ignored"])
         assert row.gt_boxes == len(boxes_xywh)
+
+
+def test_summary_text_reads_mean_spread_and_range():
+    from retinanet_lib.studies import summary_text
+
+    table = pd.DataFrame({"arm": ["a", "a", "b"], "seed": [0, 1, 0], "ap50": [0.5, 0.7, 0.25]})
+    text = summary_text(table, columns=("ap50",))
+    assert text.loc["a", "ap50"] == "0.60 ± 0.14 (0.50 to 0.70)"  # sd of 0.5, 0.7 = 0.141
+    assert text.loc["b", "ap50"] == "0.25 ± 0.00 (0.25 to 0.25)"
+    assert text["seeds"].tolist() == [2, 1]
