@@ -5,7 +5,8 @@
 
 Every regular file pydicom ships in `pydicom/data/test_files/` that holds Pixel Data is read; a
 refusal is a `DicomReadError` (grouped by reason), a crash is any other exception and should
-never happen (exit status 1). A missing decoder plugin shows up as refusals that say "Install a decoder".
+never happen (exit status 1). A missing decoder plugin shows up as refusals that say
+"Install a decoder".
 """
 
 from __future__ import annotations
