@@ -16,6 +16,7 @@ one Python thread. Here the same steps are `tf.data` stages instead:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,15 @@ from retinanet_lib.preprocess import (
 from retinanet_lib.rejects import RejectLog
 from retinanet_lib.rsna import TRAIN_IMAGES, RsnaLabels
 
-__all__ = ["Records", "load_images", "make_dataset", "make_records", "num_batches"]
+__all__ = [
+    "CACHE_FOLDER",
+    "Records",
+    "cache_target",
+    "load_images",
+    "make_dataset",
+    "make_records",
+    "num_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,38 @@ def _decoded(records: Records, cfg: RetinaNetConfig, rejects: RejectLog | None):
     return images.map(attach_boxes, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+#: Folder, next to the image folders, where `make_dataset` puts disk caches by default.
+CACHE_FOLDER = "cache"
+
+
+def cache_target(cfg: RetinaNetConfig, folder: str | Path, name: str) -> bool | str:
+    """What `make_dataset(cache=...)` should get to follow `cfg.data.image_cache`.
+
+    `"memory"` -> `True`, `"none"` -> `False`, `"disk"` -> a cache file in `folder` named after
+    `name`, the input size and the CLAHE settings (so another size never reads a stale cache).
+    Lock files left by an interrupted first pass are removed.
+    """
+    if cfg.data.image_cache == "memory":
+        return True
+    if cfg.data.image_cache == "none":
+        return False
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    clahe = f"clahe{cfg.data.clahe_clip_limit:g}x{cfg.data.clahe_tile_grid}"
+    stem = f"{name}_{cfg.image_size}px_{clahe}"
+    for stale in folder.glob(f"{stem}*.lockfile"):
+        stale.unlink()
+    return str(folder / stem)
+
+
+def _default_cache(records: Records, cfg: RetinaNetConfig, training: bool) -> bool | str:
+    """`cfg.data.image_cache`, with disk caches in the data folder (`<data>/cache/`)."""
+    digest = hashlib.sha1("\n".join(records.paths).encode()).hexdigest()[:10]
+    data_folder = Path(records.paths[0]).parent.parent
+    split = "train" if training else "eval"
+    return cache_target(cfg, data_folder / CACHE_FOLDER, f"{split}_{len(records)}_{digest}")
+
+
 def num_batches(num_images: int, batch_size: int, training: bool) -> int:
     """Batches per pass over `num_images` images (training drops the last partial batch)."""
     return num_images // batch_size if training else -(-num_images // batch_size)
@@ -163,7 +204,7 @@ def make_dataset(
     cfg: RetinaNetConfig,
     batch_size: int,
     training: bool,
-    cache: bool | str = True,
+    cache: bool | str | None = None,
     encode: bool = True,
     rejects: RejectLog | None = None,
 ) -> tf.data.Dataset:
@@ -177,7 +218,8 @@ def make_dataset(
         training: Shuffle and augment (with `cfg.data`'s settings) and drop the last partial
             batch; otherwise keep the file order and every image.
         cache: `True` caches preprocessed images in memory, a string caches them in that file
-            (`filename.index` and `filename.data-*`), `False` decodes every epoch.
+            (`filename.index` and `filename.data-*`), `False` decodes every epoch; `None`
+            follows `cfg.data.image_cache` (`"disk"`: a file in `<data folder>/cache/`).
         encode: If False, yield `(image uint8 (S, S), boxes_xyxy (G, 4))` per image, unbatched,
             before backbone preprocessing (for inspection and plots).
         rejects: Unreadable files are skipped and recorded here (see `retinanet_lib.rejects`);
@@ -192,6 +234,8 @@ def make_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     dataset = _decoded(records, cfg, rejects).map(lambda index, image, boxes: (image, boxes))
+    if cache is None:
+        cache = _default_cache(records, cfg, training)
     if cache is not False:
         dataset = dataset.cache("" if cache is True else str(cache))
     if training:

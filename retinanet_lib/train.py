@@ -37,7 +37,7 @@ import tensorflow as tf
 from retinanet_lib.config import RetinaNetConfig, TrainConfig
 from retinanet_lib.losses import RetinaNetLoss
 from retinanet_lib.model import build_retinanet
-from retinanet_lib.pipeline import Records, make_dataset, num_batches
+from retinanet_lib.pipeline import Records, cache_target, make_dataset, num_batches
 from retinanet_lib.rejects import RejectLog
 
 __all__ = [
@@ -408,20 +408,6 @@ def fit_retinanet(
     return TrainResult(model=model, history=logs, workdir=workdir, seconds=seconds)
 
 
-def _cache_target(cfg: RetinaNetConfig, workdir: Path, split: str) -> bool | str:
-    """Where `make_dataset` caches a split's decoded images, following `cfg.data.image_cache`."""
-    if cfg.data.image_cache == "memory":
-        return True
-    if cfg.data.image_cache == "none":
-        return False
-    folder = workdir / _CACHE_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{split}_{cfg.image_size}px_clahe{cfg.data.clahe_clip_limit}x{cfg.data.clahe_tile_grid}"
-    for stale in folder.glob(f"{name}*.lockfile"):  # left by an interrupted first pass
-        stale.unlink()
-    return str(folder / name)
-
-
 def train_retinanet(
     cfg: RetinaNetConfig,
     train_records: Records,
@@ -465,7 +451,7 @@ def train_retinanet(
             cfg,
             batch,
             training=training,
-            cache=_cache_target(cfg, workdir, split),
+            cache=cache_target(cfg, workdir / _CACHE_DIR, split),
             rejects=rejects,
         )
         for records, training, split in (

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 TensorLike = Any
+#: Font size of the architecture diagram's labels (readable at the book's column width).
+_DIAGRAM_FONT = 11
 #: Smallest top of a per-image colour range (an all-zero map would otherwise have none).
 _MIN_COLOR_RANGE = 1e-3
 
@@ -128,8 +130,11 @@ def plot_anchor_centers(
         ax.set_ylim(image_height, 0)
         ax.set_aspect("equal")
         ax.set_title(f"P{level}: stride {stride}, {rows}x{cols}")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        ticks = np.arange(0, image_width + 1, max(stride, image_width // 4))
+        ax.set_xticks(ticks)  # cell borders (multiples of the stride): centres sit between
+        ax.set_yticks(ticks)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, linewidth=0.3, alpha=0.5)
     return axes
 
 
@@ -275,6 +280,14 @@ def plot_anchor_shapes(ax: Axes, cfg: AnchorConfig, level_index: int = 0) -> Axe
             linestyle=styles[scale % len(styles)],
             label=label,
         )
+    for scale_index, scale in enumerate(cfg.scales):  # legend entries for the line styles
+        ax.plot(
+            [],
+            [],
+            color="gray",
+            linestyle=styles[scale_index % len(styles)],
+            label=f"scale {scale:.2f}",
+        )
     ax.plot(0, 0, "k.")
     limit = float(shapes_wh.max()) * 0.6
     ax.set_xlim(-limit, limit)
@@ -283,7 +296,7 @@ def plot_anchor_shapes(ax: Axes, cfg: AnchorConfig, level_index: int = 0) -> Axe
     ax.set_xlabel("pixels")
     ax.legend(loc="upper right", fontsize=8)
     level = cfg.levels[level_index]
-    ax.set_title(f"P{level}: base {cfg.base_sizes[level_index]:g} px, scales solid to dotted")
+    ax.set_title(f"P{level}: base size {cfg.base_sizes[level_index]:g} px")
     return ax
 
 
@@ -418,7 +431,7 @@ def plot_seeds(
 def _label(ax: Axes, x: float, y: float, text: str, color: str) -> None:
     """A rounded, filled text box centred at `(x, y)`."""
     style = {"boxstyle": "round,pad=0.25", "linewidth": 1.2, "facecolor": color}
-    ax.text(x, y, text, ha="center", va="center", bbox=style, fontsize=9)
+    ax.text(x, y, text, ha="center", va="center", bbox=style, fontsize=_DIAGRAM_FONT)
 
 
 def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], **style) -> None:
@@ -449,11 +462,21 @@ def draw_architecture(ax: Axes, image_size: int, fpn_channels: int, num_classes:
     _arrow(ax, (4.6, rows[6] + 0.3), (4.6, rows[7] - 0.3), linestyle="--")  # P7 from ReLU(P6)
     for upper in (4, 5):  # top-down path: P5 -> P4 -> P3 (upsample x2 and add)
         _arrow(ax, (3.55, rows[upper] - 0.25), (3.55, rows[upper - 1] + 0.25), color="tab:green")
-    ax.text(3.35, 1.75, "x2 up\n+ add", ha="right", va="center", fontsize=8, color="tab:green")
+    ax.text(
+        3.35,
+        1.75,
+        "x2 up\n+ add",
+        ha="right",
+        va="center",
+        fontsize=_DIAGRAM_FONT,
+        color="tab:green",
+    )
+    ax.text(2.85, rows[3] + 0.28, "1x1 conv", ha="center", fontsize=_DIAGRAM_FONT - 2)
+    ax.text(5.0, rows[6] - 0.55, "3x3 conv, stride 2", ha="left", fontsize=_DIAGRAM_FONT - 2)
     _label(
         ax, 7.9, class_head_y, f"class head (shared)\n9 x {num_classes} logits / cell", "#fce5cd"
     )
     _label(ax, 7.9, box_head_y, "box head (shared)\n9 x 4 deltas / cell", "#fce5cd")
     for x, title in ((1.3, "backbone"), (4.6, "feature pyramid"), (7.9, "heads")):
-        ax.text(x, 6.3, title, ha="center", fontsize=10, weight="bold")
+        ax.text(x, 6.3, title, ha="center", fontsize=_DIAGRAM_FONT + 1, weight="bold")
     return ax

@@ -92,3 +92,19 @@ def test_records_subset_keeps_the_chosen_order():
     )
     picked = records.subset([2, 0])
     assert picked.paths == ["c", "a"] and len(picked.boxes_xywh[0]) == 2 and len(picked) == 2
+
+
+def test_make_dataset_follows_the_configured_image_cache(setup):
+    from retinanet_lib.config import DataConfig
+
+    root, labels, cfg = setup
+    records = make_records(root, labels, labels.patient_ids[:4])
+    on_disk = dataclasses.replace(cfg, data=DataConfig(image_cache="disk"))
+    first = [images.numpy() for images, _ in make_dataset(records, on_disk, 2, training=False)]
+    cache_files = sorted(p.name for p in (root / "cache").iterdir())
+    assert any(name.startswith("eval_4_") and name.endswith(".index") for name in cache_files)
+    again = [images.numpy() for images, _ in make_dataset(records, on_disk, 2, training=False)]
+    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
+    in_memory = dataclasses.replace(cfg, data=DataConfig(image_cache="memory"))
+    make_dataset(records, in_memory, 2, training=False)
+    assert sorted(p.name for p in (root / "cache").iterdir()) == cache_files  # nothing new

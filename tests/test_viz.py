@@ -51,6 +51,9 @@ def test_anchor_shapes_panel_draws_every_shape_once():
         "ratio 0.5",
         "ratio 1",
         "ratio 2",
+        "scale 1.00",
+        "scale 1.26",
+        "scale 1.59",
     ]
     plt.close(figure)
 
