@@ -87,6 +87,12 @@ RECIPE_ARMS: dict[str, Arm] = {
     "30 epochs": lambda cfg, splits: _set(cfg, "train", epochs=30, epochs_per_drop=22),
     "batch 4": lambda cfg, splits: _set(cfg, "train", batch_size=4),
     "2 hidden convolutions per head": lambda cfg, splits: _set(cfg, "model", head_convs=2),
+    "stronger augmentation, 25 epochs": lambda cfg, splits: _set(
+        _set(cfg, "data", max_rotation_degrees=10.0, max_shift_fraction=0.12),
+        "train",
+        epochs=25,
+        epochs_per_drop=18,
+    ),
 }
 
 LOSS_ARMS: dict[str, Arm] = {

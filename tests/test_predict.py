@@ -69,6 +69,20 @@ def test_training_refuses_to_start_with_too_many_bad_files(trained, capsys):
     assert not (base / "run2" / "best.weights.h5").exists()
 
 
+def test_predict_cli_uses_the_runs_own_threshold_by_default(trained, capsys):
+    import json
+
+    base, data, _, _ = trained
+    saved = json.loads((base / "run" / "score_threshold.json").read_text())["score_threshold"]
+    out = base / "out-default-threshold"
+    test_dir = data / "stage_2_test_images"
+    assert predict_cli.main([str(base / "run"), str(test_dir), str(out), "--no-heatmaps"]) == 0
+    printed = capsys.readouterr().out
+    assert f"score threshold {saved:.2f} (the run's score_threshold.json)" in printed
+    detections = pd.read_csv(out / "detections.csv")
+    assert (detections["confidence"] >= saved - 1e-4).all()
+
+
 def test_predict_cli_streams_and_names_the_bad_file(trained, monkeypatch):
     base, data, _, garbage = trained
     out = base / "out"
