@@ -6,15 +6,16 @@
     python data_scripts/run_studies.py augmentation    # Chapter 5: flips against shifts/rotations
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
-Each study trains the CPU default (synthetic data; about 2.5 minutes a run on 2 CPU cores) once
-per arm and seed (the recipe ablation: changes of the CPU default as it was before it, with
-20 epochs; its "30 epochs" row became the default), scores the validation split at a score
-threshold chosen on the training split (`retinanet_lib.studies.run_arm`), and appends a row to
-`retinanet_lib/results/<study>.csv`. Rows already there are skipped, so an interrupted study
-resumes; delete the CSV to start over. The test split is never used. The loss study also writes `loss_first_steps.csv` (the loss of
-each of the first 60 training steps) and `loss_pr_curves.csv` (validation precision-recall
-curves); the recipe ablation evaluates each baseline model a second time with flip
-test-time augmentation (arm "flip TTA", no retraining).
+Each study trains the CPU default (synthetic data; about 2.5 minutes a run on 2 CPU cores)
+once per arm and seed, scores the validation split at a score threshold chosen on the training
+split (`retinanet_lib.studies.run_arm`), and appends a row to
+`retinanet_lib/results/<study>.csv`. The recipe ablation's arms are changes of the CPU default
+as it was before the ablation (20 epochs); its "30 epochs" row became the default. Rows already
+in a CSV are skipped, so an interrupted study resumes; delete the CSV to start over. The test
+split is never used. The loss study also writes `loss_first_steps.csv` (the loss of each of the
+first 60 training steps) and `loss_pr_curves.csv` (validation precision-recall curves); the
+recipe ablation scores each baseline model a second time with flip test-time augmentation
+(arm "flip TTA", no retraining).
 """
 
 from __future__ import annotations
