@@ -4,6 +4,7 @@
     python data_scripts/run_studies.py loss            # Chapter 4: CE, balanced CE, focal loss
     python data_scripts/run_studies.py resolution      # Chapter 5: 128 px against 256 px
     python data_scripts/run_studies.py augmentation    # Chapter 5: flips against shifts/rotations
+    python data_scripts/run_studies.py final           # test-split numbers, before and after
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
 Each study trains the CPU default (synthetic data; about 2.5 minutes a run on 2 CPU cores)
@@ -15,7 +16,9 @@ in a CSV are skipped, so an interrupted study resumes; delete the CSV to start o
 split is never used. The loss study also writes `loss_first_steps.csv` (the loss of each of the
 first 60 training steps) and `loss_pr_curves.csv` (validation precision-recall curves); the
 recipe ablation scores each baseline model a second time with flip test-time augmentation
-(arm "flip TTA", no retraining).
+(arm "flip TTA", no retraining). The "final" study is the only one that touches the test
+split: the CPU default before and after the ablation, three seeds, each scored once on the test
+split at the threshold `data_scripts/train.py` would save (chosen on the validation split).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from retinanet_lib.evaluate import (  # noqa: E402
     predict_split,
     score_at,
 )
+from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
 from retinanet_lib.splits import DataSplits, load_splits  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
@@ -136,11 +140,17 @@ AUGMENTATION_ARMS: dict[str, Arm] = {
     "flips + shifts + rotations": lambda cfg, splits: cfg,
 }
 
+FINAL_ARMS: dict[str, Arm] = {
+    "before the ablation (20 epochs)": lambda cfg, splits: _recipe_baseline(),
+    "CPU default (30 epochs)": lambda cfg, splits: cfg,
+}
+
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),
     "loss": (LOSS_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "resolution": (RESOLUTION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
     "augmentation": (AUGMENTATION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
+    "final": (FINAL_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
 }
 
 
@@ -149,6 +159,24 @@ def _moved_scores(model, cfg, validation, threshold) -> dict:
     return {
         "moved_rsna_metric": round(moved.rsna_metric, 4),
         "moved_recall": round(moved.recall, 4),
+    }
+
+
+def _test_scores(model, cfg, validation, _threshold, splits: DataSplits) -> dict:
+    """The final numbers, by `data_scripts/train.py`'s rule: the threshold chosen on the
+    validation split, the test split scored once at it, with a bootstrap interval."""
+    threshold, _ = choose_score_threshold(validation.predictions, validation.gt_boxes_xyxy, cfg)
+    test = predict_split(model, splits.test, cfg)
+    scores = score_at(test.predictions, test.gt_boxes_xyxy, cfg, threshold)
+    low, high = bootstrap_interval(scores.per_image)
+    return {
+        "val_chosen_threshold": threshold,
+        "test_rsna_metric": round(scores.rsna_metric, 4),
+        "test_ci_low": round(low, 4),
+        "test_ci_high": round(high, 4),
+        "test_precision": round(scores.precision, 4),
+        "test_recall": round(scores.recall, 4),
+        "test_images": len(test),
     }
 
 
@@ -200,6 +228,12 @@ def _loss_extras(name: str, seed: int, result: ArmResult, cfg: RetinaNetConfig) 
         )
 
 
+def _final_scores(splits: DataSplits):
+    return lambda model, cfg, validation, threshold: _test_scores(
+        model, cfg, validation, threshold, splits
+    )
+
+
 def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Path:
     arms, _, make_base = STUDIES[study]
     base = make_base()
@@ -212,13 +246,14 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
                 continue
             cfg = make_cfg(base, splits)
             start = time.perf_counter()
+            extra = {"augmentation": _moved_scores, "final": _final_scores(splits)}
             result = run_arm(
                 name,
                 cfg,
                 splits,
                 seed,
                 first_steps=FIRST_STEPS if study == "loss" else 0,
-                extra_scores=_moved_scores if study == "augmentation" else None,
+                extra_scores=extra.get(study),
             )
             append_row(csv_path, result.row)
             if study == "loss":
