@@ -66,7 +66,9 @@ class FirstStepsLoss(keras.callbacks.Callback):
     """Records the loss of each of the first `num_steps` training batches.
 
     Keras reports a running mean over the epoch so far (`m_k` after batch `k`, counted from
-    0); the loss of batch `k` is recovered as `(k + 1) m_k - k m_(k-1)`.
+    0); the loss of batch `k` is recovered as `(k + 1) m_k - k m_(k-1)`. The means are float32,
+    so a batch whose loss is near 0 (no opacity, confident background) can come out a hair
+    below 0; such values are set to 0.
     """
 
     def __init__(self, num_steps: int) -> None:
@@ -80,7 +82,7 @@ class FirstStepsLoss(keras.callbacks.Callback):
             return
         mean = float((logs or {}).get("loss", np.nan))
         previous = self._previous_mean if batch > 0 else 0.0
-        self.losses.append((batch + 1) * mean - batch * previous)
+        self.losses.append(max(0.0, (batch + 1) * mean - batch * previous))
         self._previous_mean = mean
 
 
