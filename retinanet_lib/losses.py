@@ -6,8 +6,10 @@ Per image, with `P` positive anchors:
             + box_loss_weight * sum of smooth-L1 losses over positive anchors) / max(P, 1)
 
 Ignored anchors contribute nothing. An image with no positive anchor (no opacity) still trains
-the classifier on its background anchors and has a finite loss. This per-image normalisation is
-the keras.io example's (and so the blog's); Keras then averages over the batch.
+the classifier on its background anchors and has a finite loss. The keras.io example (and so the
+blog) divides by `P` per image with `divide_no_nan`, which gives an image without positives a
+loss of exactly 0: on RSNA, where most images have no opacity, their background would never be
+trained. Dividing by `max(P, 1)` keeps them; Keras then averages over the batch.
 """
 
 from __future__ import annotations

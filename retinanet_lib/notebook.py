@@ -40,12 +40,14 @@ class SourceCode:
         file: The library file, relative to the package (e.g. `retinanet_lib/boxes.py`).
         first_line: Line number of the first shown line in that file.
         code: The shown source text.
+        docstring_omitted: Whether the docstring was left out.
     """
 
     qualified_name: str
     file: str
     first_line: int
     code: str
+    docstring_omitted: bool = False
 
     def _repr_html_(self) -> str:
         from pygments import highlight
@@ -54,7 +56,7 @@ class SourceCode:
 
         formatter = HtmlFormatter(noclasses=True, style=_STYLE, nowrap=True)
         body = highlight(self.code, PythonLexer(), formatter)
-        header = html.escape(f"{self.file}, line {self.first_line}: {self.qualified_name}")
+        header = html.escape(self._header())
         return (
             '<div class="retinanet-source" style="border-left:3px solid #4a86c5;'
             'padding:0.2em 0 0.2em 0.8em;margin:0.3em 0">'
@@ -64,8 +66,12 @@ class SourceCode:
             "</div>"
         )
 
+    def _header(self) -> str:
+        note = " (docstring omitted)" if self.docstring_omitted else ""
+        return f"{self.file}, line {self.first_line}: {self.qualified_name}{note}"
+
     def __repr__(self) -> str:
-        return f"# {self.file}, line {self.first_line}: {self.qualified_name}\n{self.code}"
+        return f"# {self._header()}\n{self.code}"
 
 
 def _without_docstring(source: str) -> tuple[str, int]:
@@ -109,14 +115,16 @@ def show_source(obj: Any, docstring: bool = False) -> SourceCode:
         raise ValueError(f"{obj!r} is not defined in {_LIBRARY}; show_source shows library code.")
     lines, first_line = inspect.getsourcelines(target)
     source = textwrap.dedent("".join(lines)).rstrip("\n")
+    omitted = 0
     if not docstring:
-        source, _ = _without_docstring(source)
+        source, omitted = _without_docstring(source)
     qualified = f"{module.__name__}.{getattr(target, '__qualname__', target.__name__)}"
     return SourceCode(
         qualified_name=qualified,
         file=module.__name__.replace(".", "/") + ".py",
         first_line=first_line,
         code=source,
+        docstring_omitted=omitted > 0,
     )
 
 

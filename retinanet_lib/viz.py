@@ -392,9 +392,16 @@ def plot_precision_recall(
 
 
 def plot_seeds(
-    ax: Axes, table: Any, metric: str, order: list[str] | None = None, by: str = "arm"
+    ax: Axes,
+    table: Any,
+    metric: str,
+    order: list[str] | None = None,
+    by: str = "arm",
+    xlim: tuple[float, float] | None = None,
+    colors: dict[str, Any] | None = None,
 ) -> Axes:
-    """One row per arm: each seed as a dot, the mean as a bar, and the value written.
+    """One row per arm: each seed as a dot on the line of its range, the mean as a tick, and
+    the mean and range written at the right.
 
     Args:
         ax: Target axes.
@@ -402,6 +409,9 @@ def plot_seeds(
         metric: The column to show.
         order: Arms top to bottom (default: order of first appearance).
         by: The column naming the arm.
+        xlim: Axis range; by default the data's range with a margin, so that differences of a
+            few hundredths stay visible.
+        colors: Arm -> colour (default: one colour for all).
 
     Returns:
         `ax`.
@@ -411,19 +421,27 @@ def plot_seeds(
     for position, arm in zip(positions, arms, strict=True):
         values = table.loc[table[by] == arm, metric].to_numpy(np.float64)
         mean = float(np.mean(values))
-        ax.barh(position, mean, color="tab:blue", alpha=0.25, height=0.6)
-        ax.plot(values, np.full(len(values), position), "o", color="tab:blue", markersize=4)
-        spread = f" (range {values.min():.2f} to {values.max():.2f})" if len(values) > 1 else ""
+        color = (colors or {}).get(arm, "tab:blue")
+        ax.plot([values.min(), values.max()], [position, position], color=color, alpha=0.4)
+        ax.plot(values, np.full(len(values), position), "o", color=color, markersize=6)
+        ax.plot([mean, mean], [position - 0.3, position + 0.3], color=color, linewidth=2.5)
+        spread = f" ({values.min():.2f} to {values.max():.2f})" if len(values) > 1 else ""
         ax.text(
-            1.01,
+            1.02,
             position,
             f"{mean:.2f}{spread}",
             va="center",
-            fontsize=8,
+            fontsize=9,
             transform=ax.get_yaxis_transform(),
         )
+    if xlim is None:
+        low, high = float(table[metric].min()), float(table[metric].max())
+        margin = max(0.02, 0.08 * (high - low))
+        xlim = (max(0.0, low - margin), min(1.0, high + margin))
     ax.set_yticks(positions, arms)
-    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.6, len(arms) - 0.4)
+    ax.set_xlim(*xlim)
+    ax.grid(axis="x", linewidth=0.3, alpha=0.6)
     ax.set_xlabel(metric)
     return ax
 

@@ -25,6 +25,7 @@ def test_methods_are_dedented_and_rendered_as_wrapping_html():
     assert "white-space:pre-wrap" in html and "retinanet_lib/losses.py" in html
     assert "RetinaNetLoss.components" in html
     assert repr(shown).startswith("# retinanet_lib/losses.py, line")
+    assert "(docstring omitted)" in html
     assert show_source(layers.FeaturePyramid).code.startswith("@keras.saving")
 
 

@@ -58,7 +58,7 @@ def test_anchor_shapes_panel_draws_every_shape_once():
     plt.close(figure)
 
 
-def test_seed_plot_shows_every_seed_and_the_mean():
+def test_seed_plot_shows_every_seed_its_range_and_the_mean():
     table = pd.DataFrame(
         {"arm": ["a", "a", "b"], "seed": [0, 1, 0], "rsna_metric": [0.2, 0.4, 0.5]}
     )
@@ -66,10 +66,11 @@ def test_seed_plot_shows_every_seed_and_the_mean():
     viz.plot_seeds(ax, table, "rsna_metric", order=["b", "a"])
     labels = {t.get_text(): t.get_position()[1] for t in ax.get_yticklabels()}
     assert labels["b"] > labels["a"]  # the first arm of `order` is drawn on top
-    bars = {
-        round(patch.get_y() + patch.get_height() / 2): patch.get_width() for patch in ax.patches
-    }
-    assert np.isclose(bars[round(labels["a"])], 0.3) and np.isclose(bars[round(labels["b"])], 0.5)
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    seeds = sorted(float(x) for line in dots for x in line.get_xdata())
+    assert seeds == [0.2, 0.4, 0.5]
     texts = [t.get_text() for t in ax.texts]
-    assert "0.30 (range 0.20 to 0.40)" in texts and "0.50" in texts
+    assert "0.30 (0.20 to 0.40)" in texts and "0.50" in texts
+    low, high = ax.get_xlim()
+    assert 0.15 <= low < 0.2 and 0.5 < high <= 0.55  # zoomed on the data, not 0 to 1
     plt.close(figure)
