@@ -1,10 +1,10 @@
-"""Re-run chapter notebooks in place so their stored outputs are those of a real run.
+"""Re-run the book's notebooks in place so their stored outputs are those of a real run.
 
-This is the one command that produces the outputs committed with the chapters (CPU default mode,
-built-in synthetic data):
+This is the one command that produces the outputs committed with the chapters and the results
+page (CPU default mode, built-in synthetic data):
 
-    python book/execute_chapters.py            # every chapter
-    python book/execute_chapters.py 01 03      # chapters whose file name starts with 01 or 03
+    python book/execute_chapters.py            # every chapter, then book/results.ipynb
+    python book/execute_chapters.py 01 03      # notebooks whose file name starts with 01 or 03
 
 Each notebook runs top to bottom in a fresh kernel with the chapter folder as working directory,
 the way nbval and the book build run it. Execution counts are renumbered and per-cell execution
@@ -22,7 +22,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-CHAPTERS = Path(__file__).resolve().parent.parent / "chapters"
+BOOK = Path(__file__).resolve().parent
+CHAPTERS = BOOK.parent / "chapters"
 CELL_TIMEOUT_S = 1800
 QUIET_TF = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("prefixes", nargs="*", help="chapter file-name prefixes (default: all)")
     args = parser.parse_args(argv)
     os.environ.update(QUIET_TF)
-    paths = sorted(CHAPTERS.glob("*.ipynb"))
+    paths = sorted(CHAPTERS.glob("*.ipynb")) + sorted(BOOK.glob("*.ipynb"))
     if args.prefixes:
         paths = [p for p in paths if any(p.name.startswith(x) for x in args.prefixes)]
     if not paths:

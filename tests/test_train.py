@@ -277,7 +277,9 @@ def test_disk_cache_is_written_in_the_run_folder(tmp_path):
     splits = load_splits("cpu", cfg, data_root=tmp_path / "data")
     train_retinanet(cfg, splits.train, splits.validation, tmp_path / "run", verbose=0)
     cached = sorted(p.name for p in (tmp_path / "run" / "cache").iterdir())
-    assert any(name.startswith("train_64px_clahe2x8") and name.endswith(".index") for name in cached)
+    assert any(
+        name.startswith("train_64px_clahe2x8") and name.endswith(".index") for name in cached
+    )
     assert any(name.startswith("val_64px") for name in cached)
     assert not any(name.endswith(".lockfile") for name in cached)
     assert config_for_mode("full").data.image_cache == "disk"
