@@ -37,6 +37,7 @@ __all__ = [
     "compiled_predictor",
     "decode_all",
     "detect",
+    "level_probability_maps",
     "merge_flipped_predictions",
     "mirror_anchor_indices",
     "nms_tensors",
@@ -355,3 +356,34 @@ def pyramid_activations(detector: keras.Model, images: TensorLike, backbone: str
     pyramid = keras.Model(detector.input, detector.get_layer("fpn").output)
     outputs = pyramid(to_model_input(images, backbone), training=False)
     return [np.asarray(level) for level in outputs]
+
+
+def level_probability_maps(predictions: TensorLike, cfg: RetinaNetConfig) -> list[np.ndarray]:
+    """Per pyramid level, the highest class probability among the anchors at each position.
+
+    The heads predict `A` anchors at every cell of every level, in the order of
+    `generate_anchors` (level by level, then row, column, anchor shape). This undoes that
+    order: which level, and where on it, the model is confident of an opacity.
+
+    Args:
+        predictions: `(B, N, 4 + num_classes)` raw model outputs.
+        cfg: The model's configuration (image size and anchors).
+
+    Returns:
+        One `(B, H_l, W_l)` float32 array per level in `cfg.anchors.levels`, values in [0, 1].
+
+    Raises:
+        ValueError: If `N` does not match the number of anchors of `cfg`.
+    """
+    _, cls_logits = split_predictions(tf.convert_to_tensor(predictions, tf.float32))
+    probabilities = tf.reduce_max(tf.sigmoid(cls_logits), axis=-1).numpy()  # (B, N)
+    per_location = cfg.anchors.num_anchors_per_location
+    sizes = feature_map_sizes(cfg.image_size, cfg.image_size, cfg.anchors)
+    counts = [height * width * per_location for height, width in sizes]
+    if probabilities.shape[1] != sum(counts):
+        raise ValueError(f"{probabilities.shape[1]} predictions but {sum(counts)} anchors.")
+    chunks = np.split(probabilities, np.cumsum(counts)[:-1], axis=1)
+    return [
+        chunk.reshape(len(chunk), height, width, per_location).max(axis=-1)
+        for chunk, (height, width) in zip(chunks, sizes, strict=True)
+    ]

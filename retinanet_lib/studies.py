@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from retinanet_lib.anchors import anchor_level_ids
 from retinanet_lib.config import BACKGROUND_CLASS, IGNORE_CLASS, DataConfig, RetinaNetConfig
 from retinanet_lib.encoding import split_targets
 from retinanet_lib.evaluate import (
@@ -175,29 +176,41 @@ def run_arm(
     return ArmResult(row, result.model, result.history, recorder.losses, validation)
 
 
-def anchor_counts(records: Records, cfg: RetinaNetConfig, batch_size: int = 16) -> pd.DataFrame:
+def anchor_counts(
+    records: Records, cfg: RetinaNetConfig, batch_size: int = 16, by_level: bool = False
+) -> pd.DataFrame:
     """Positive, ignored and background anchors of every image, as the training targets
     encode them (no augmentation).
 
+    Args:
+        records: The images and their boxes.
+        cfg: Image size, anchors and matching rule.
+        batch_size: Images encoded at a time.
+        by_level: Also count the positive anchors of each pyramid level.
+
     Returns:
-        One row per image: `positive`, `ignored`, `background`, `gt_boxes`.
+        One row per image: `positive`, `ignored`, `background`, `gt_boxes`, and with
+        `by_level` one `positive_P<level>` column per level (they sum to `positive`).
     """
+    levels = cfg.anchors.levels
+    level_ids = anchor_level_ids(cfg.image_size, cfg.image_size, cfg.anchors)
     dataset = make_dataset(records, cfg, batch_size, training=False, cache=False)
     rows = []
     for _, targets in dataset:
         codes = split_targets(targets)[1].numpy()  # (B, A)
-        rows.append(
-            np.stack(
-                [
-                    (codes >= 0).sum(axis=1),
-                    (codes == IGNORE_CLASS).sum(axis=1),
-                    (codes == BACKGROUND_CLASS).sum(axis=1),
-                ],
-                axis=1,
-            )
-        )
-    table = pd.DataFrame(np.concatenate(rows), columns=["positive", "ignored", "background"])
-    table["gt_boxes"] = [len(boxes) for boxes in records.boxes_xywh]
+        columns = [
+            (codes >= 0).sum(axis=1),
+            (codes == IGNORE_CLASS).sum(axis=1),
+            (codes == BACKGROUND_CLASS).sum(axis=1),
+        ]
+        if by_level:
+            columns += [((codes >= 0) & (level_ids == level)).sum(axis=1) for level in levels]
+        rows.append(np.stack(columns, axis=1))
+    names = ["positive", "ignored", "background"]
+    if by_level:
+        names += [f"positive_P{level}" for level in levels]
+    table = pd.DataFrame(np.concatenate(rows), columns=names)
+    table.insert(3, "gt_boxes", [len(boxes) for boxes in records.boxes_xywh])
     return table
 
 

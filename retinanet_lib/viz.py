@@ -300,29 +300,44 @@ def plot_anchor_shapes(ax: Axes, cfg: AnchorConfig, level_index: int = 0) -> Axe
     return ax
 
 
-def plot_pyramid_levels(
-    axes: np.ndarray, image: TensorLike, pyramid: list[TensorLike], levels: tuple[int, ...]
-) -> np.ndarray:
-    """The input and the mean absolute activation of each pyramid level (one panel each).
+def plot_level_probabilities(
+    axes: np.ndarray,
+    image: TensorLike,
+    maps: list[TensorLike],
+    levels: tuple[int, ...],
+    gt_boxes_xyxy: TensorLike | None = None,
+) -> Any:
+    """The input, then each pyramid level's probability map drawn over the image's extent.
+
+    All level panels share one colour range, 0 to 1, so a level that fires stands out from one
+    that does not; the ground-truth boxes are drawn on every panel.
 
     Args:
         axes: `1 + len(levels)` axes.
         image: `(S, S)` model-input image.
-        pyramid: Per level, a `(1, H, W, C)` feature map.
+        maps: Per level, an `(H_l, W_l)` map of probabilities (`level_probability_maps`).
         levels: The level numbers (3..7).
+        gt_boxes_xyxy: `(G, 4)` ground-truth boxes in model-input pixels, or `None`.
 
     Returns:
-        `axes`.
+        The image of the last level panel (for a colour bar).
     """
     axes = np.asarray(axes).ravel()
-    show_image(axes[0], image, title=f"input {np.asarray(image).shape[0]} px")
-    for ax, level, features in zip(axes[1:], levels, pyramid, strict=True):
-        features = np.asarray(features)[0]
-        ax.imshow(np.abs(features).mean(axis=-1), cmap="magma")
-        ax.set_title(f"P{level}: {features.shape[0]}x{features.shape[1]}")
+    size = np.asarray(image).shape[0]
+    show_image(axes[0], image, title=f"input {size} px")
+    shown = None
+    for ax, level, values in zip(axes[1:], levels, maps, strict=True):
+        values = np.asarray(values)
+        extent = (-0.5, size - 0.5, size - 0.5, -0.5)  # the image's own pixel edges
+        shown = ax.imshow(values, cmap="magma", vmin=0.0, vmax=1.0, extent=extent)
+        ax.set_title(f"P{level}: {values.shape[0]}x{values.shape[1]} cells")
         ax.set_xticks([])
         ax.set_yticks([])
-    return axes
+    for ax in axes:
+        if gt_boxes_xyxy is not None:
+            draw_boxes(ax, gt_boxes_xyxy, color="cyan", linewidth=1.2)
+        _clamp_to_image(ax, (size, size))
+    return shown
 
 
 def plot_heatmap_gallery(

@@ -138,3 +138,35 @@ def test_pre_nms_top_k_keeps_the_best_candidates_only():
     fewer = DecodeConfig(score_threshold=0.01, max_detections=2, max_candidates=2)
     _, scores, _ = detect(predictions, encoder.anchors_xyxy, CFG, fewer).for_image(0)
     np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.array([5.0, 4.0]))), rtol=1e-6)
+
+
+def test_level_probability_maps_put_each_anchor_at_its_own_level_and_cell():
+    from retinanet_lib.anchors import anchor_level_ids, generate_anchors
+    from retinanet_lib.inference import level_probability_maps
+
+    cfg = dataclasses.replace(config_for_mode("cpu"), image_size=64)
+    anchors_xyxy = generate_anchors(64, 64, cfg.anchors).numpy()
+    num = len(anchors_xyxy)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, num, 1)).astype(np.float32)
+    predictions = np.concatenate([np.zeros((2, num, 4), np.float32), logits], axis=-1)
+    maps = level_probability_maps(predictions, cfg)
+    # Slow reference: place every anchor by its level and centre, keep the largest probability.
+    probabilities = 1 / (1 + np.exp(-logits[..., 0]))
+    levels = anchor_level_ids(64, 64, cfg.anchors)
+    centers = (anchors_xyxy[:, :2] + anchors_xyxy[:, 2:]) / 2
+    for level_index, (level, stride) in enumerate(
+        zip(cfg.anchors.levels, cfg.anchors.strides, strict=True)
+    ):
+        side = int(np.ceil(64 / stride))
+        expected = np.zeros((2, side, side))
+        for anchor in np.flatnonzero(levels == level):
+            col, row = (centers[anchor] // stride).astype(int)
+            for image in range(2):
+                expected[image, row, col] = max(
+                    expected[image, row, col], probabilities[image, anchor]
+                )
+        assert maps[level_index].shape == (2, side, side)
+        np.testing.assert_allclose(maps[level_index], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="anchors"):
+        level_probability_maps(predictions[:, :-1], cfg)

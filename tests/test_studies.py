@@ -90,3 +90,31 @@ def test_summary_text_reads_mean_spread_and_range():
     assert text.loc["a", "ap50"] == "0.60 ± 0.14 (0.50 to 0.70)"  # sd of 0.5, 0.7 = 0.141
     assert text.loc["b", "ap50"] == "0.25 ± 0.00 (0.25 to 0.25)"
     assert text["seeds"].tolist() == [2, 1]
+
+
+def test_positive_anchors_per_level_match_an_iou_count_level_by_level(tmp_path):
+    from retinanet_lib.anchors import anchor_level_ids, generate_anchors
+    from retinanet_lib.boxes import pairwise_iou, scale_boxes, xywh_to_xyxy
+    from retinanet_lib.config import SyntheticConfig
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import anchor_counts
+    from retinanet_lib.synthetic import write_synthetic_rsna
+
+    write_synthetic_rsna(tmp_path, SyntheticConfig(num_train=10, num_test=1, seed=3), False)
+    cfg = dataclasses.replace(config_for_mode("cpu"), image_size=128)
+    assert not cfg.encoder.match_low_quality  # the plain IoU rule below
+    records = load_splits("cpu", cfg, data_root=tmp_path).train
+    table = anchor_counts(records, cfg, batch_size=4, by_level=True)
+    level_columns = [f"positive_P{level}" for level in cfg.anchors.levels]
+    assert (table[level_columns].sum(axis=1) == table["positive"]).all()
+    anchors_xyxy = generate_anchors(128, 128, cfg.anchors)
+    level_ids = anchor_level_ids(128, 128, cfg.anchors)
+    for row, boxes_xywh in zip(table.itertuples(), records.boxes_xywh, strict=True):
+        if not len(boxes_xywh):
+            assert row.positive == 0
+            continue
+        boxes = scale_boxes(xywh_to_xyxy(boxes_xywh), 128 / 1024, 128 / 1024)
+        best = pairwise_iou(anchors_xyxy, boxes).numpy().max(axis=1)
+        for level in cfg.anchors.levels:
+            expected = int(((best >= cfg.encoder.match_iou) & (level_ids == level)).sum())
+            assert getattr(row, f"positive_P{level}") == expected

@@ -74,3 +74,17 @@ def test_seed_plot_shows_every_seed_its_range_and_the_mean():
     low, high = ax.get_xlim()
     assert 0.15 <= low < 0.2 and 0.5 < high <= 0.55  # zoomed on the data, not 0 to 1
     plt.close(figure)
+
+
+def test_level_probabilities_share_0_to_1_and_cover_the_image():
+    figure, axes = plt.subplots(1, 3)
+    maps = [np.full((4, 4), 0.2), np.full((2, 2), 0.9)]
+    boxes = np.array([[8.0, 8.0, 20.0, 30.0]])
+    shown = viz.plot_level_probabilities(axes, np.zeros((32, 32)), maps, (3, 4), boxes)
+    assert [ax.images[-1].get_clim() for ax in axes[1:]] == [(0.0, 1.0)] * 2
+    assert [ax.images[-1].get_extent() for ax in axes[1:]] == [[-0.5, 31.5, 31.5, -0.5]] * 2
+    assert all(ax.get_xlim() == (-0.5, 31.5) for ax in axes)
+    assert [ax.get_title() for ax in axes[1:]] == ["P3: 4x4 cells", "P4: 2x2 cells"]
+    assert all(len(ax.collections) == 1 for ax in axes)  # the box on every panel
+    assert shown is axes[2].images[-1]
+    plt.close(figure)
