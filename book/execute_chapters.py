@@ -1,14 +1,14 @@
-"""Re-run the book's notebooks in place so their stored outputs are those of a real run.
+"""Re-run the book's notebooks in place: their outputs are a real run's.
 
-This is the one command that produces the outputs committed with the chapters and the results
-page (CPU default mode, built-in synthetic data):
+The one command that produces the outputs committed with the chapters and the
+results page (CPU default mode, built-in synthetic data):
 
-    python book/execute_chapters.py            # every chapter, then book/results.ipynb
-    python book/execute_chapters.py 01 03      # notebooks whose file name starts with 01 or 03
+    python book/execute_chapters.py          # every chapter, then the results
+    python book/execute_chapters.py 01 03    # notebooks named 01* or 03*
 
-Each notebook runs top to bottom in a fresh kernel with the chapter folder as working directory,
-the way nbval and the book build run it. Execution counts are renumbered and per-cell execution
-timestamps are dropped so that re-running changes only what the code printed or drew.
+Each notebook runs top to bottom in a fresh kernel, in its own folder, the way
+nbval and the book build run it. Execution counts are renumbered and per-cell
+timestamps dropped, so a re-run changes only what the code printed or drew.
 """
 
 from __future__ import annotations
@@ -48,14 +48,23 @@ def execute(path: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("prefixes", nargs="*", help="chapter file-name prefixes (default: all)")
+    parser.add_argument(
+        "prefixes", nargs="*", help="chapter file-name prefixes (default: all)"
+    )
     args = parser.parse_args(argv)
     os.environ.update(QUIET_TF)
     paths = sorted(CHAPTERS.glob("*.ipynb")) + sorted(BOOK.glob("*.ipynb"))
     if args.prefixes:
-        paths = [p for p in paths if any(p.name.startswith(x) for x in args.prefixes)]
+        paths = [
+            p
+            for p in paths
+            if any(p.name.startswith(x) for x in args.prefixes)
+        ]
     if not paths:
-        print(f"No chapter matches {args.prefixes} in {CHAPTERS}", file=sys.stderr)
+        print(
+            f"No chapter matches {args.prefixes} in {CHAPTERS}",
+            file=sys.stderr,
+        )
         return 1
     for path in paths:
         print(f"{path.name}: {execute(path):.1f} s", flush=True)
