@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--steps", type=int, default=10, help="training steps timed")
-    parser.add_argument("--images", type=int, default=64, help="DICOM files for inference")
+    parser.add_argument("--images", type=int, default=256, help="DICOM files for inference")
     parser.add_argument("--repeats", type=int, default=3, help="inference timings repeated")
     args = parser.parse_args(argv)
     mode = run_mode_from_env()

@@ -105,6 +105,7 @@ def merge_flipped_predictions(
 
 
 _PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DETECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _mirror_index_or_none(cfg: RetinaNetConfig) -> tf.Tensor | None:
@@ -305,7 +306,9 @@ def build_detector(
 
     Backbone preprocessing, the forward pass (with flip TTA if `cfg.decode.flip_tta`),
     decoding of every anchor, the score threshold and NMS, all compiled together. This is the
-    path of `predict.iter_predictions` and of the exported SavedModel (`export`).
+    path of `predict.iter_predictions` and of the exported SavedModel (`export`). The function
+    is built and traced once per model and settings, then reused (tracing a ResNet50 graph
+    takes seconds).
 
     Args:
         model: A RetinaNet for `cfg`.
@@ -320,6 +323,16 @@ def build_detector(
         `probabilities (B, A, K)`.
     """
     decode_cfg = decode_cfg or cfg.decode
+    key = (cfg, decode_cfg, keep_all)  # frozen dataclasses: hashable, equal by value
+    cache = _DETECTORS.setdefault(model, {})
+    if key not in cache:
+        cache[key] = _build_detector(model, cfg, decode_cfg, keep_all)
+    return cache[key]
+
+
+def _build_detector(
+    model: Any, cfg: RetinaNetConfig, decode_cfg: DecodeConfig, keep_all: bool
+) -> Callable[[TensorLike], dict[str, tf.Tensor]]:
     size = cfg.image_size
     anchors_xyxy = generate_anchors(size, size, cfg.anchors)
     mirror_index = _mirror_index_or_none(cfg)

@@ -125,6 +125,13 @@ def test_detector_graph_equals_decode_and_nms_step_by_step():
     np.testing.assert_allclose(outputs["scores"], step_by_step.scores, atol=1e-6)
     assert outputs["all_boxes_xyxy"].shape == (3, 3069, 4)
     assert outputs["num_detections"].numpy().tolist() == [9, 9, 9]
+    # Built and traced once per model and settings; other settings get their own graph.
+    assert build_detector(model, CFG, dataclasses.replace(loose), keep_all=True) is (
+        build_detector(model, CFG, loose, keep_all=True)
+    )
+    assert build_detector(model, CFG, loose) is not build_detector(model, CFG, loose, True)
+    other = build_detector(model, CFG, dataclasses.replace(loose, max_detections=2))
+    assert other(images)["scores"].shape == (3, 2)
 
 
 def test_pre_nms_top_k_keeps_the_best_candidates_only():
