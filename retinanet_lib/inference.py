@@ -20,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -43,7 +42,6 @@ __all__ = [
     "nms_tensors",
     "non_max_suppression",
     "predict_images",
-    "pyramid_activations",
     "rescale_to_original",
 ]
 
@@ -353,22 +351,6 @@ def _build_detector(
 def rescale_to_original(boxes_xyxy: TensorLike, input_to_original_scale: float) -> np.ndarray:
     """Model-input boxes -> original-image boxes (e.g. x4 from 256 px back to 1024 px)."""
     return scale_boxes(boxes_xyxy, input_to_original_scale, input_to_original_scale).numpy()
-
-
-def pyramid_activations(detector: keras.Model, images: TensorLike, backbone: str) -> list[Any]:
-    """The feature pyramid's outputs P3..P7 of a built RetinaNet for some images.
-
-    Args:
-        detector: A model from `build_retinanet` (it has a layer named "fpn").
-        images: `(B, S, S)` 8-bit model-input images (after CLAHE and resize).
-        backbone: The model's backbone name (for its input preprocessing).
-
-    Returns:
-        Five `(B, H_l, W_l, C)` NumPy arrays, one per level.
-    """
-    pyramid = keras.Model(detector.input, detector.get_layer("fpn").output)
-    outputs = pyramid(to_model_input(images, backbone), training=False)
-    return [np.asarray(level) for level in outputs]
 
 
 def level_probability_maps(predictions: TensorLike, cfg: RetinaNetConfig) -> list[np.ndarray]:

@@ -147,18 +147,3 @@ def test_split_predictions_and_bad_shape():
     assert boxes.shape == (2, 7, 4) and logits.shape == (2, 7, 2)
     with pytest.raises(ValueError):
         split_predictions(np.zeros((2, 7, 4), np.float32))
-
-
-def test_pyramid_activations_have_the_level_shapes():
-    import dataclasses
-
-    from retinanet_lib.config import config_for_mode
-    from retinanet_lib.inference import pyramid_activations
-    from retinanet_lib.model import build_retinanet
-
-    cfg = dataclasses.replace(config_for_mode("cpu"), image_size=128)
-    detector = build_retinanet(cfg)
-    levels = pyramid_activations(detector, np.zeros((2, 128, 128), np.uint8), "small_resnet")
-    assert [level.shape for level in levels] == [
-        (2, side, side, cfg.model.fpn_channels) for side in (16, 8, 4, 2, 1)
-    ]
