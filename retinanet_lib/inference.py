@@ -102,6 +102,8 @@ def merge_flipped_predictions(
     return (tf.convert_to_tensor(predictions) + mirrored * sign) / 2.0
 
 
+# Compiled functions, per model. They reach the model through a weak reference: a strong one in
+# the cached function would keep every model (and its graph) alive for the whole process.
 _PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DETECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -137,10 +139,11 @@ def compiled_predictor(model: Any, cfg: RetinaNetConfig) -> Callable[[TensorLike
         return cache[key]
     size = cfg.image_size
     mirror_index = _mirror_index_or_none(cfg)
+    model_ref = weakref.ref(model)
 
     @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
     def predict(images):
-        return _forward(model, images, mirror_index)
+        return _forward(model_ref(), images, mirror_index)
 
     cache[key] = predict
     return predict
@@ -334,10 +337,12 @@ def _build_detector(
     size = cfg.image_size
     anchors_xyxy = generate_anchors(size, size, cfg.anchors)
     mirror_index = _mirror_index_or_none(cfg)
+    model_ref = weakref.ref(model)
 
     @tf.function(input_signature=[tf.TensorSpec((None, size, size), tf.uint8, name="images")])
     def detect_images(images):
-        predictions = _forward(model, to_model_input(images, cfg.model.backbone), mirror_index)
+        inputs = to_model_input(images, cfg.model.backbone)
+        predictions = _forward(model_ref(), inputs, mirror_index)
         boxes_xyxy, probabilities = decode_all(predictions, anchors_xyxy, cfg)
         outputs = nms_tensors(boxes_xyxy, probabilities, decode_cfg)
         if keep_all:

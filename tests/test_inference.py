@@ -177,3 +177,21 @@ def test_level_probability_maps_put_each_anchor_at_its_own_level_and_cell():
         np.testing.assert_allclose(maps[level_index], expected, rtol=1e-6)
     with pytest.raises(ValueError, match="anchors"):
         level_probability_maps(predictions[:, :-1], cfg)
+
+
+def test_compiled_functions_do_not_keep_their_model_alive():
+    import gc
+    import weakref
+
+    from retinanet_lib.inference import build_detector, compiled_predictor
+    from retinanet_lib.model import build_retinanet
+    from retinanet_lib.preprocess import to_model_input
+
+    model = build_retinanet(CFG)
+    images = np.zeros((1, 128, 128), np.uint8)
+    build_detector(model, CFG)(images)
+    compiled_predictor(model, CFG)(to_model_input(images, "small_resnet"))
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # long studies build dozens of models in one process
