@@ -37,7 +37,13 @@ import tensorflow as tf
 from retinanet_lib.config import RetinaNetConfig, TrainConfig
 from retinanet_lib.losses import RetinaNetLoss
 from retinanet_lib.model import build_retinanet
-from retinanet_lib.pipeline import Records, cache_target, make_dataset, num_batches
+from retinanet_lib.pipeline import (
+    CACHE_FOLDER,
+    Records,
+    cache_target,
+    make_dataset,
+    num_batches,
+)
 from retinanet_lib.rejects import RejectLog
 
 __all__ = [
@@ -72,7 +78,6 @@ RUN_FILE = "run.json"
 #: The score threshold chosen for this run (`save_score_threshold`), used by prediction.
 THRESHOLD_FILE = "score_threshold.json"
 _BACKUP_DIR = "backup"
-_CACHE_DIR = "cache"
 #: Everything a run writes; `overwrite=True` removes exactly these.
 _RUN_ENTRIES = (
     BEST_WEIGHTS,
@@ -82,7 +87,7 @@ _RUN_ENTRIES = (
     THRESHOLD_FILE,
     "rejects.csv",
     _BACKUP_DIR,
-    _CACHE_DIR,
+    CACHE_FOLDER,
     "logs",
 )
 
@@ -451,7 +456,7 @@ def train_retinanet(
             cfg,
             batch,
             training=training,
-            cache=cache_target(cfg, workdir / _CACHE_DIR, split),
+            cache=cache_target(cfg, workdir / CACHE_FOLDER, split),
             rejects=rejects,
         )
         for records, training, split in (
