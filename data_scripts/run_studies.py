@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -228,12 +229,6 @@ def _loss_extras(name: str, seed: int, result: ArmResult, cfg: RetinaNetConfig) 
         )
 
 
-def _final_scores(splits: DataSplits):
-    return lambda model, cfg, validation, threshold: _test_scores(
-        model, cfg, validation, threshold, splits
-    )
-
-
 def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Path:
     arms, _, make_base = STUDIES[study]
     base = make_base()
@@ -246,7 +241,10 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
                 continue
             cfg = make_cfg(base, splits)
             start = time.perf_counter()
-            extra = {"augmentation": _moved_scores, "final": _final_scores(splits)}
+            extra = {
+                "augmentation": _moved_scores,
+                "final": functools.partial(_test_scores, splits=splits),
+            }
             result = run_arm(
                 name,
                 cfg,
