@@ -193,7 +193,8 @@ def anchor_counts(
         `by_level` one `positive_P<level>` column per level (they sum to `positive`).
     """
     levels = cfg.anchors.levels
-    level_ids = anchor_level_ids(cfg.image_size, cfg.image_size, cfg.anchors)
+    if by_level:
+        level_ids = anchor_level_ids(cfg.image_size, cfg.image_size, cfg.anchors)
     dataset = make_dataset(records, cfg, batch_size, training=False, cache=False)
     rows = []
     for _, targets in dataset:

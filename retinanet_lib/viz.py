@@ -325,10 +325,10 @@ def plot_level_probabilities(
     axes = np.asarray(axes).ravel()
     size = np.asarray(image).shape[0]
     show_image(axes[0], image, title=f"input {size} px")
+    extent = (-0.5, size - 0.5, size - 0.5, -0.5)  # the image's own pixel edges
     shown = None
     for ax, level, values in zip(axes[1:], levels, maps, strict=True):
         values = np.asarray(values)
-        extent = (-0.5, size - 0.5, size - 0.5, -0.5)  # the image's own pixel edges
         shown = ax.imshow(values, cmap="magma", vmin=0.0, vmax=1.0, extent=extent)
         ax.set_title(f"P{level}: {values.shape[0]}x{values.shape[1]} cells")
         ax.set_xticks([])
