@@ -5,6 +5,7 @@
     python data_scripts/run_studies.py resolution      # Chapter 5: 128 px against 256 px
     python data_scripts/run_studies.py augmentation    # Chapter 5: flips against shifts/rotations
     python data_scripts/run_studies.py final           # test-split numbers, before and after
+    python data_scripts/run_studies.py batch           # batch 1 against batch 8, scaled rate
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
 Each study trains the CPU default (synthetic data; about 2.5 minutes a run on 2 CPU cores)
@@ -19,6 +20,14 @@ recipe ablation scores each baseline model a second time with flip test-time aug
 (arm "flip TTA", no retraining). The "final" study is the only one that touches the test
 split: the CPU default before and after the ablation, three seeds, each scored once on the test
 split at the threshold `data_scripts/train.py` would save (chosen on the validation split).
+
+The "batch" study asks whether the blog's batch size 1 can be traded for a GPU-sized batch
+without changing the detector: the CPU default trained with SGD (momentum 0.9, as the blog)
+at batch 1 and the blog's rate 5e-4, against batch 8 at the linearly scaled rate 4e-3 with a
+2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10 after epoch 22. It writes
+`batch_per_image.csv` too (every validation image's RSNA score), from which the book computes
+the paired difference (`metrics.paired_bootstrap_difference`). Rows written from now on carry
+the commit they were made with (`commit`).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import argparse
 import dataclasses
 import functools
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +151,27 @@ AUGMENTATION_ARMS: dict[str, Arm] = {
     "flips + shifts + rotations": lambda cfg, splits: cfg,
 }
 
+#: The batch study's base: the CPU default trained as the blog trains (SGD, momentum 0.9),
+#: with the blog's batch-1 rate 5e-4 and a drop to a tenth after epoch 22.
+BLOG_RATES = (5.0e-4, 5.0e-5)
+BATCH_ARMS: dict[str, Arm] = {
+    "batch 1, rate 5e-4": lambda cfg, splits: _set(cfg, "train", batch_size=1),
+    "batch 8, rate 4e-3 (scaled), warm-up 2 epochs": lambda cfg, splits: _set(
+        cfg, "train", batch_size=8, scale_learning_rate=True, warmup_epochs=2.0
+    ),
+}
+
+
+def _batch_base() -> RetinaNetConfig:
+    return _set(
+        config_for_mode("cpu"),
+        "train",
+        optimizer="sgd",
+        learning_rates=BLOG_RATES,
+        base_batch_size=1,
+    )
+
+
 FINAL_ARMS: dict[str, Arm] = {
     "before the ablation (20 epochs)": lambda cfg, splits: _recipe_baseline(),
     "CPU default (30 epochs)": lambda cfg, splits: cfg,
@@ -152,7 +183,27 @@ STUDIES = {  # arms, seeds, base configuration
     "resolution": (RESOLUTION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
     "augmentation": (AUGMENTATION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
     "final": (FINAL_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
+    "batch": (BATCH_ARMS, (0, 1, 2), _batch_base),
 }
+#: Studies that also write every validation image's score (`<study>_per_image.csv`).
+PER_IMAGE_STUDIES = ("batch",)
+
+
+def _commit() -> str:
+    """The commit the code was at, with "+changes" when the work tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return head.stdout.strip() + ("+changes" if dirty else "")
 
 
 def _moved_scores(model, cfg, validation, threshold) -> dict:
@@ -253,7 +304,12 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
                 first_steps=FIRST_STEPS if study == "loss" else 0,
                 extra_scores=extra.get(study),
             )
-            append_row(csv_path, result.row)
+            commit = _commit()
+            if study in PER_IMAGE_STUDIES:
+                append_row(csv_path, {**result.row, "commit": commit})
+                _write_per_image(RESULTS / f"{study}_per_image.csv", result, splits)
+            else:
+                append_row(csv_path, result.row)
             if study == "loss":
                 _loss_extras(name, seed, result, result_cfg(cfg, seed))
             if study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done:
@@ -261,6 +317,20 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
             elapsed = time.perf_counter() - start
             print(f"{study} | {name} | seed {seed}: {result.row} ({elapsed:.0f} s)", flush=True)
     return csv_path
+
+
+def _write_per_image(csv_path: Path, result: ArmResult, splits: DataSplits) -> None:
+    """One row per validation image: its file name and RSNA score (empty when not counted)."""
+    names = [Path(splits.validation.paths[i]).stem for i in result.validation.indices]
+    table = pd.DataFrame(
+        {
+            "arm": result.row["arm"],
+            "seed": result.row["seed"],
+            "image": names,
+            "rsna_score": np.round(result.per_image, 4),
+        }
+    )
+    table.to_csv(csv_path, mode="a", header=not csv_path.is_file(), index=False)
 
 
 def result_cfg(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:

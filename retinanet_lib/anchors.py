@@ -17,9 +17,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from retinanet_lib.boxes import center_xywh_to_xyxy
 from retinanet_lib.config import AnchorConfig
 
 __all__ = [
@@ -90,22 +89,20 @@ def anchor_shapes_per_level(cfg: AnchorConfig) -> np.ndarray:
     return shapes.reshape(len(cfg.levels), cfg.num_anchors_per_location, 2).astype(np.float32)
 
 
-def _anchors_one_level(
-    grid_height: int, grid_width: int, stride: int, shapes_wh: np.ndarray
-) -> tf.Tensor:
+def _anchors_one_level(grid_height: int, grid_width: int, stride: int, shapes_wh: np.ndarray):
     """`(grid_height * grid_width * A, 4)` center_xywh anchors of one level."""
     num_shapes = shapes_wh.shape[0]
-    centers_x = (tf.range(grid_width, dtype=tf.float32) + 0.5) * stride  # (W,)
-    centers_y = (tf.range(grid_height, dtype=tf.float32) + 0.5) * stride  # (H,)
-    grid_x, grid_y = tf.meshgrid(centers_x, centers_y)  # (H, W) each
-    centers = tf.stack([grid_x, grid_y], axis=-1)  # (H, W, 2)
-    centers = tf.tile(centers[:, :, None, :], [1, 1, num_shapes, 1])  # (H, W, A, 2)
-    sizes = tf.broadcast_to(shapes_wh, [grid_height, grid_width, num_shapes, 2])  # (H, W, A, 2)
-    anchors = tf.concat([centers, sizes], axis=-1)  # (H, W, A, 4)
-    return tf.reshape(anchors, [-1, 4])  # (H*W*A, 4)
+    centers_x = (ops.arange(grid_width, dtype="float32") + 0.5) * stride  # (W,)
+    centers_y = (ops.arange(grid_height, dtype="float32") + 0.5) * stride  # (H,)
+    grid_x, grid_y = ops.meshgrid(centers_x, centers_y)  # (H, W) each
+    centers = ops.stack([grid_x, grid_y], axis=-1)  # (H, W, 2)
+    centers = ops.tile(centers[:, :, None, :], [1, 1, num_shapes, 1])  # (H, W, A, 2)
+    sizes = ops.broadcast_to(shapes_wh, [grid_height, grid_width, num_shapes, 2])  # (H, W, A, 2)
+    anchors = ops.concatenate([centers, sizes], axis=-1)  # (H, W, A, 4)
+    return ops.reshape(anchors, [-1, 4])  # (H*W*A, 4)
 
 
-def generate_anchors(image_height: int, image_width: int, cfg: AnchorConfig) -> tf.Tensor:
+def generate_anchors(image_height: int, image_width: int, cfg: AnchorConfig):
     """All anchors of an image, in the order the model's heads predict them.
 
     Args:
@@ -114,8 +111,9 @@ def generate_anchors(image_height: int, image_width: int, cfg: AnchorConfig) -> 
         cfg: Anchor configuration.
 
     Returns:
-        `(num_anchors, 4)` float32 anchors in `"xyxy"` input-pixel coordinates. Anchors near the
-        border extend past the image; they are not clipped (as in the paper).
+        `(num_anchors, 4)` float32 anchors in `"xyxy"` input-pixel coordinates, a tensor of the
+        Keras backend (a `tf.Tensor` under TensorFlow). Anchors near the border extend past
+        the image; they are not clipped (as in the paper).
     """
     shapes = anchor_shapes_per_level(cfg)
     per_level = [
@@ -124,7 +122,9 @@ def generate_anchors(image_height: int, image_width: int, cfg: AnchorConfig) -> 
             zip(feature_map_sizes(image_height, image_width, cfg), cfg.strides, strict=True)
         )
     ]
-    return center_xywh_to_xyxy(tf.concat(per_level, axis=0))
+    anchors_center_xywh = ops.concatenate(per_level, axis=0)  # (num_anchors, 4)
+    centers, half_sizes = anchors_center_xywh[:, :2], anchors_center_xywh[:, 2:] / 2.0
+    return ops.concatenate([centers - half_sizes, centers + half_sizes], axis=-1)  # xyxy
 
 
 def anchor_level_ids(image_height: int, image_width: int, cfg: AnchorConfig) -> np.ndarray:

@@ -36,6 +36,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OPTIMIZERS",
+    "PRECISIONS",
     "TrainConfig",
     "EncoderConfig",
     "RetinaNetConfig",
@@ -301,6 +302,9 @@ class DecodeConfig:
 
 #: Optimizers `retinanet_lib.train.make_optimizer` knows.
 OPTIMIZERS = ("sgd", "adam")
+#: Keras dtype policies training may use: full float32 (the blog's), or mixed precision with
+#: float32 variables and float16 / bfloat16 computation (`keras.mixed_precision`).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,14 @@ class TrainConfig:
         momentum: SGD momentum.
         warmup_epochs: The learning rate rises linearly from 0 to its first value over this
             many epochs (0: no warm-up, as in the blog).
+        scale_learning_rate: The linear scaling rule (Goyal et al. 2017): `learning_rates`
+            are the rates for `base_batch_size` images per step, and training multiplies them
+            by `batch_size / base_batch_size` (`effective_learning_rates`). Pair it with a
+            short warm-up (`warmup_epochs`), as the paper does. Off in the blog's setup.
+        base_batch_size: The batch size `learning_rates` were chosen for (the blog's 1).
+        mixed_precision: One of `PRECISIONS`. `"mixed_float16"` and `"mixed_bfloat16"` compute
+            in 16 bits with float32 variables; the model's outputs (which feed the loss and
+            the decoder) stay float32, and float16 training uses a loss-scale optimizer.
         max_bad_file_fraction: Training refuses to start (or stops) when more than this
             share of the image files cannot be read; fewer are skipped and reported.
         seed: Seed for weights, data order and augmentation (`retinanet_lib.train.set_seed`).
@@ -329,11 +341,20 @@ class TrainConfig:
     epochs_per_drop: int = 5
     momentum: float = 0.9
     warmup_epochs: float = 0.0
+    scale_learning_rate: bool = False
+    base_batch_size: int = 1
+    mixed_precision: str = "float32"
     max_bad_file_fraction: float = 0.01
     seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "learning_rates", tuple(self.learning_rates))
+        if self.mixed_precision not in PRECISIONS:
+            raise ValueError(
+                f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}."
+            )
+        if self.base_batch_size < 1:
+            raise ValueError(f"base_batch_size must be >= 1, got {self.base_batch_size}.")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}.")
         if not 0.0 <= self.max_bad_file_fraction < 1.0:
@@ -346,6 +367,20 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
         if not self.learning_rates or min(self.learning_rates) <= 0:
             raise ValueError(f"learning_rates must be positive, got {self.learning_rates}.")
+
+    @property
+    def effective_learning_rates(self) -> tuple[float, ...]:
+        """The rates training uses: `learning_rates`, times `batch_size / base_batch_size`
+        when `scale_learning_rate` is on (the linear scaling rule).
+
+        Example:
+            >>> TrainConfig(batch_size=8, scale_learning_rate=True).effective_learning_rates[0]
+            0.004
+        """
+        if not self.scale_learning_rate:
+            return self.learning_rates
+        factor = self.batch_size / self.base_batch_size
+        return tuple(rate * factor for rate in self.learning_rates)
 
 
 _SECTIONS: dict[str, type] = {
@@ -459,6 +494,7 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
     cpu_train = TrainConfig(
         epochs=30,
         batch_size=8,
+        base_batch_size=8,  # its rates were tuned at batch 8
         optimizer="adam",
         learning_rates=(1e-3, 1e-4),
         epochs_per_drop=22,
@@ -483,10 +519,11 @@ def describe_setup(cfg: RetinaNetConfig) -> dict[str, str]:
     weights = {"imagenet": "ImageNet weights", None: "trained from scratch"}.get(
         model.backbone_weights, "weights from a file"
     )
-    starts = [1 + k * train.epochs_per_drop for k in range(len(train.learning_rates))]
+    rates = train.effective_learning_rates
+    starts = [1 + k * train.epochs_per_drop for k in range(len(rates))]
     schedule = ", ".join(
         f"{_format_rate(rate)} ({start})"
-        for rate, start in zip(train.learning_rates, starts, strict=True)
+        for rate, start in zip(rates, starts, strict=True)
         if start <= train.epochs
     )
     optimizer = "SGD, momentum " + f"{train.momentum:g}" if train.optimizer == "sgd" else "Adam"

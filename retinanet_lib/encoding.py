@@ -3,7 +3,8 @@
 Training targets for one image are packed as a `(num_anchors, 5)` float32 tensor:
 columns 0-3 are the box deltas `(dx, dy, dw, dh) / box_variance`, column 4 the class target:
 the class id for a positive anchor, `BACKGROUND_CLASS` (-1) or `IGNORE_CLASS` (-2) otherwise.
-Use `split_targets` rather than slicing by hand.
+Use `split_targets` (from `retinanet_lib.targets`, re-exported here) rather than slicing by
+hand.
 
 An image with no boxes (most RSNA images) encodes to all-background targets with zero deltas.
 """
@@ -23,6 +24,7 @@ from retinanet_lib.config import (
     EncoderConfig,
     RetinaNetConfig,
 )
+from retinanet_lib.targets import split_targets
 
 __all__ = [
     "LabelEncoder",
@@ -114,14 +116,6 @@ def decode_box_deltas(
     centers = deltas[..., :2] * anchors[..., 2:] + anchors[..., :2]
     sizes = tf.exp(tf.minimum(deltas[..., 2:], MAX_DELTA_LOG_SCALE)) * anchors[..., 2:]
     return center_xywh_to_xyxy(tf.concat([centers, sizes], axis=-1))
-
-
-def split_targets(targets: TensorLike) -> tuple[tf.Tensor, tf.Tensor]:
-    """Splits packed targets `(..., A, 5)` into box deltas `(..., A, 4)` and classes `(..., A)`."""
-    targets = tf.convert_to_tensor(targets, tf.float32)
-    if targets.shape.rank is None or targets.shape[-1] != 5:
-        raise ValueError(f"targets must have shape (..., A, 5), got {targets.shape}.")
-    return targets[..., :4], targets[..., 4]
 
 
 def _checked_inputs(gt_boxes_xyxy, gt_classes, batched: bool, caller: str):

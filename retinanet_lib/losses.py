@@ -20,8 +20,8 @@ import keras
 from keras import ops
 
 from retinanet_lib.config import IGNORE_CLASS, LossConfig
-from retinanet_lib.encoding import split_targets
 from retinanet_lib.model import split_predictions
+from retinanet_lib.targets import split_targets
 
 __all__ = ["RetinaNetLoss", "sigmoid_focal_loss", "smooth_l1_loss"]
 

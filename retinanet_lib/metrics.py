@@ -33,8 +33,10 @@ __all__ = [
     "MATCHING_RULES",
     "RSNA_IOU_THRESHOLDS",
     "DetectionScores",
+    "PairedDifference",
     "PrecisionRecall",
     "bootstrap_interval",
+    "paired_bootstrap_difference",
     "pad_boxes",
     "precision_recall",
     "rsna_scores",
@@ -303,3 +305,103 @@ def bootstrap_interval(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Arm B minus arm A on the same seeds and the same images, with a bootstrap interval.
+
+    Attributes:
+        difference: Mean over seeds of `metric_B(seed) - metric_A(seed)`, each metric a mean
+            over the counted images.
+        low: Lower end of the interval.
+        high: Upper end.
+        confidence: Coverage of the interval (0.95).
+        num_seeds: Seeds paired.
+        num_images: Images paired.
+    """
+
+    difference: float
+    low: float
+    high: float
+    confidence: float
+    num_seeds: int
+    num_images: int
+
+    def verdict(self, better: str = "better", worse: str = "worse") -> str:
+        """`better` / `worse` only when the interval excludes 0; otherwise "no difference
+        found with N seeds"."""
+        if self.low > 0:
+            return better
+        if self.high < 0:
+            return worse
+        return f"no difference found with {self.num_seeds} seeds"
+
+    def __str__(self) -> str:
+        percent = round(100 * self.confidence)
+        return f"{self.difference:+.3f} ({percent} % CI {self.low:+.3f} to {self.high:+.3f})"
+
+
+def _seed_means(values: np.ndarray) -> np.ndarray:
+    """Mean over the last axis (images), skipping NaN; NaN where no image is counted."""
+    counted = np.isfinite(values)
+    sums = np.where(counted, values, 0.0).sum(axis=-1)
+    counts = counted.sum(axis=-1)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def paired_bootstrap_difference(
+    per_image_a: np.ndarray,
+    per_image_b: np.ndarray,
+    confidence: float = 0.95,
+    num_resamples: int = 2000,
+    seed: int = 0,
+) -> PairedDifference:
+    """Paired difference of two arms (B - A) with a percentile bootstrap over seeds and images.
+
+    Both arms were trained with the same seeds and scored on the same images. Each resample
+    draws seeds with replacement and, independently, images with replacement, and applies
+    the same draw to both arms (that is the pairing): its statistic is the mean over the drawn
+    seeds of `nanmean(B[s, images]) - nanmean(A[s, images])`. NaN entries are images the
+    metric does not count for that run (the RSNA metric skips an image without boxes and
+    without detections); they are skipped in each mean, as the metric skips them. Resampling
+    the seeds too makes the interval reflect training noise, not only the choice of images.
+
+    Args:
+        per_image_a: `(S, I)` per-image values of arm A, row `s` from seed `s`.
+        per_image_b: `(S, I)` the same for arm B (same seeds, same images, same order).
+        confidence: Coverage of the interval.
+        num_resamples: Bootstrap resamples.
+        seed: Seed of the resampling.
+
+    Returns:
+        The difference, its interval, and the number of seeds and images.
+
+    Raises:
+        ValueError: If the shapes differ, or a seed of either arm counts no image.
+    """
+    a = np.atleast_2d(np.asarray(per_image_a, np.float64))
+    b = np.atleast_2d(np.asarray(per_image_b, np.float64))
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"Both arms need one (seeds, images) shape, got {a.shape}, {b.shape}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
+    if np.isnan(_seed_means(a)).any() or np.isnan(_seed_means(b)).any():
+        raise ValueError("Every seed of both arms must count at least one image.")
+    num_seeds, num_images = a.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, num_seeds, size=(num_resamples, num_seeds))  # (R, S)
+    image_draws = rng.integers(0, num_images, size=(num_resamples, num_images))  # (R, I)
+    rows, columns = seed_draws[:, :, None], image_draws[:, None, :]  # (R, S, I) by broadcasting
+    per_seed = _seed_means(b[rows, columns]) - _seed_means(a[rows, columns])  # (R, S)
+    statistics = _seed_means(per_seed)  # (R,); a seed with no counted image drawn is skipped
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(statistics[np.isfinite(statistics)], [tail, 1.0 - tail])
+    return PairedDifference(
+        difference=float(np.mean(_seed_means(b) - _seed_means(a))),
+        low=float(low),
+        high=float(high),
+        confidence=confidence,
+        num_seeds=num_seeds,
+        num_images=num_images,
+    )

@@ -7,7 +7,10 @@ followed by one class logit per class. Use `split_predictions` rather than slici
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +138,32 @@ def _flatten_level(outputs, last_dim: int):
     return ops.reshape(outputs, (-1, height * width * channels // last_dim, last_dim))
 
 
+@contextlib.contextmanager
+def _dtype_policy(name: str) -> Iterator[None]:
+    """Layers created inside use the Keras dtype policy `name`; the global policy is restored
+    afterwards, so one mixed-precision model does not change the next model built."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
     """The full detector for `cfg.image_size` square inputs.
 
+    With `cfg.train.mixed_precision` set to `"mixed_float16"` or `"mixed_bfloat16"`, every
+    layer computes in 16 bits (variables stay float32), except the three output concatenations,
+    which are float32: the loss and the decoder always receive float32 predictions.
+
     Args:
-        cfg: Detector config (image size, classes, anchors per location, model settings).
+        cfg: Detector config (image size, classes, anchors per location, model settings,
+            precision).
 
     Returns:
         `keras.Model` named "retinanet", with sub-models/layers named `backbone_*`, `fpn`,
-        `class_head` and `box_head`; output `(B, num_anchors, 4 + num_classes)`.
+        `class_head` and `box_head`; output `(B, num_anchors, 4 + num_classes)`, float32.
 
     Raises:
         BackboneWeightsError: If requested pre-trained weights cannot be loaded.
@@ -152,29 +172,32 @@ def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
     anchors_per_location = cfg.anchors.num_anchors_per_location
     if cfg.anchors.levels != (3, 4, 5, 6, 7):
         raise ValueError(f"The model builds P3..P7; got anchor levels {cfg.anchors.levels}.")
-    inputs = keras.Input((size, size, 3), name="image")
-    backbone = build_backbone(cfg.model, (size, size, 3))
-    pyramid = FeaturePyramid(cfg.model.fpn_channels, name="fpn")(backbone(inputs))
-    class_head = PredictionHead(
-        anchors_per_location * cfg.num_classes,
-        cfg.model.fpn_channels,
-        cfg.model.head_convs,
-        bias_value=prior_probability_bias(cfg.model.class_prior),
-        name="class_head",
-    )
-    box_head = PredictionHead(
-        anchors_per_location * 4,
-        cfg.model.fpn_channels,
-        cfg.model.head_convs,
-        bias_value=0.0,
-        name="box_head",
-    )
-    box_outputs = [_flatten_level(box_head(level), 4) for level in pyramid]
-    class_outputs = [_flatten_level(class_head(level), cfg.num_classes) for level in pyramid]
-    box_deltas = layers.Concatenate(axis=1, name="box_deltas")(box_outputs)  # (B, A, 4)
-    cls_logits = layers.Concatenate(axis=1, name="cls_logits")(class_outputs)  # (B, A, K)
-    outputs = layers.Concatenate(axis=-1, name="predictions")([box_deltas, cls_logits])
-    model = keras.Model(inputs, outputs, name="retinanet")
+    with _dtype_policy(cfg.train.mixed_precision):  # float32 unless mixed precision
+        inputs = keras.Input((size, size, 3), name="image")
+        backbone = build_backbone(cfg.model, (size, size, 3))
+        pyramid = FeaturePyramid(cfg.model.fpn_channels, name="fpn")(backbone(inputs))
+        class_head = PredictionHead(
+            anchors_per_location * cfg.num_classes,
+            cfg.model.fpn_channels,
+            cfg.model.head_convs,
+            bias_value=prior_probability_bias(cfg.model.class_prior),
+            name="class_head",
+        )
+        box_head = PredictionHead(
+            anchors_per_location * 4,
+            cfg.model.fpn_channels,
+            cfg.model.head_convs,
+            bias_value=0.0,
+            name="box_head",
+        )
+        boxes = [_flatten_level(box_head(level), 4) for level in pyramid]
+        classes = [_flatten_level(class_head(level), cfg.num_classes) for level in pyramid]
+        # float32 whatever the policy: these feed the loss and the decoder.
+        concat = functools.partial(layers.Concatenate, dtype="float32")
+        box_deltas = concat(axis=1, name="box_deltas")(boxes)  # (B, A, 4)
+        cls_logits = concat(axis=1, name="cls_logits")(classes)  # (B, A, K)
+        outputs = concat(axis=-1, name="predictions")([box_deltas, cls_logits])
+        model = keras.Model(inputs, outputs, name="retinanet")
     expected = num_anchors(size, size, cfg.anchors)
     if model.output_shape[1] != expected:
         raise ValueError(

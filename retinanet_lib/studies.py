@@ -103,6 +103,9 @@ class ArmResult:
         history: Per-epoch losses.
         first_losses: Training loss of the first steps (when asked for).
         validation: The validation predictions (for curves and galleries).
+        per_image: `(I,)` per-image RSNA scores on the validation split at the run's
+            threshold, NaN for images the metric does not count (for paired comparisons,
+            `metrics.paired_bootstrap_difference`).
     """
 
     row: dict
@@ -110,6 +113,7 @@ class ArmResult:
     history: dict[str, list[float]]
     first_losses: list[float]
     validation: SplitPredictions
+    per_image: np.ndarray
 
 
 def run_arm(
@@ -173,7 +177,9 @@ def run_arm(
     }
     if extra_scores is not None:
         row.update(extra_scores(result.model, cfg, validation, threshold))
-    return ArmResult(row, result.model, result.history, recorder.losses, validation)
+    return ArmResult(
+        row, result.model, result.history, recorder.losses, validation, scores.per_image
+    )
 
 
 def anchor_counts(

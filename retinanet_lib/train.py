@@ -55,6 +55,7 @@ __all__ = [
     "EpochPrinter",
     "LinearWarmup",
     "NanLossError",
+    "PrecisionNotSupportedError",
     "RunFinishedError",
     "RunMismatchError",
     "StopOnNaN",
@@ -62,6 +63,7 @@ __all__ = [
     "default_strategy",
     "fit_retinanet",
     "learning_rate_schedule",
+    "check_mixed_precision",
     "load_trained_model",
     "make_optimizer",
     "read_run",
@@ -137,35 +139,90 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 def learning_rate_schedule(
     cfg: TrainConfig, steps_per_epoch: int
 ) -> keras.optimizers.schedules.LearningRateSchedule:
-    """Piecewise-constant schedule: `learning_rates[k]` during epochs
+    """Piecewise-constant schedule: `effective_learning_rates[k]` during epochs
     `[k * epochs_per_drop, (k + 1) * epochs_per_drop)`, the last value afterwards; with
-    `warmup_epochs > 0`, a linear warm-up (`LinearWarmup`) over the first epochs.
+    `warmup_epochs > 0`, a linear warm-up (`LinearWarmup`) over the first epochs. The
+    effective rates are `learning_rates`, scaled by `batch_size / base_batch_size` when
+    `scale_learning_rate` is on (the linear scaling rule).
 
     With the blog's settings and 1,000 steps per epoch the rate drops at steps 5,000, 10,000,
     15,000 and 20,000 (0-based; Keras switches *after* a boundary, hence `boundary = step - 1`).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}.")
+    rates = cfg.effective_learning_rates
     drop = cfg.epochs_per_drop * steps_per_epoch
-    boundaries = [drop * k - 1 for k in range(1, len(cfg.learning_rates))]
+    boundaries = [drop * k - 1 for k in range(1, len(rates))]
     if boundaries:
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            boundaries, list(cfg.learning_rates)
-        )
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, list(rates))
     else:
-        schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
-            [2**62], [cfg.learning_rates[0], cfg.learning_rates[0]]
-        )
+        schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2**62], [rates[0], rates[0]])
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     return LinearWarmup(schedule, warmup_steps) if warmup_steps >= 1 else schedule
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with momentum (the blog's, from keras.io) or Adam, on the piecewise schedule."""
+    """SGD with momentum (the blog's, from keras.io) or Adam, on the piecewise schedule.
+
+    With `cfg.mixed_precision == "mixed_float16"` the optimizer is wrapped in a
+    `keras.optimizers.LossScaleOptimizer`: float16 gradients of a loss near 1e-3 underflow to
+    0 unless the loss is scaled up before back-propagation (and the gradients down after).
+    bfloat16 has float32's exponent range and needs no scaling.
+    """
     schedule = learning_rate_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
-    return keras.optimizers.Adam(learning_rate=schedule)
+        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    if cfg.mixed_precision == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+class PrecisionNotSupportedError(RuntimeError):
+    """This machine cannot train in the requested precision; the message says why."""
+
+
+#: Lowest CUDA compute capability with bfloat16 tensor cores (Ampere: A100, A10, L4, H100).
+BFLOAT16_MIN_COMPUTE_CAPABILITY = (8, 0)
+
+
+def check_mixed_precision(precision: str) -> None:
+    """Checks that this machine can train in `precision` (one of `config.PRECISIONS`).
+
+    A GPU older than Ampere (compute capability below 8.0, e.g. Colab's T4 at 7.5) has no
+    bfloat16 support; any other failure is found by one forward and backward pass of a small
+    convolution in that precision.
+
+    Raises:
+        PrecisionNotSupportedError: Naming the device and what to use instead.
+    """
+    if precision == "float32":
+        return
+    if precision == "mixed_bfloat16":
+        for gpu in tf.config.list_physical_devices("GPU"):
+            details = tf.config.experimental.get_device_details(gpu)
+            capability = details.get("compute_capability")
+            if capability is not None and tuple(capability) < BFLOAT16_MIN_COMPUTE_CAPABILITY:
+                raise PrecisionNotSupportedError(
+                    f"{details.get('device_name', gpu.name)} (compute capability "
+                    f"{capability[0]}.{capability[1]}) has no bfloat16 support; bfloat16 needs "
+                    "compute capability 8.0 or newer (A100, L4, H100). Use mixed_float16 on this "
+                    "GPU, or float32."
+                )
+    try:
+        layer = keras.layers.Conv2D(2, 3, padding="same", dtype=precision)
+        with tf.GradientTape() as tape:
+            outputs = layer(tf.ones((1, 8, 8, 3)))
+            loss = tf.reduce_sum(tf.cast(outputs, tf.float32))
+        gradients = tape.gradient(loss, layer.trainable_variables)
+        if any(gradient is None for gradient in gradients):
+            raise RuntimeError("no gradient reached the convolution's weights")
+    except Exception as error:
+        raise PrecisionNotSupportedError(
+            f"This machine cannot train in {precision} ({type(error).__name__}: {error}); "
+            "use float32, or the other mixed precision."
+        ) from error
 
 
 class NanLossError(RuntimeError):
@@ -345,7 +402,10 @@ def fit_retinanet(
         RunFinishedError: If `workdir` holds a finished run of at least `cfg.train.epochs`.
         RunMismatchError: If `workdir` holds a run of another config.
         NanLossError: If the loss becomes NaN or infinite.
+        PrecisionNotSupportedError: If this machine cannot train in
+            `cfg.train.mixed_precision`.
     """
+    check_mixed_precision(cfg.train.mixed_precision)
     workdir = Path(workdir)
     _prepare_workdir(workdir, cfg, overwrite)
     if steps_per_epoch is None:
