@@ -273,3 +273,69 @@ def test_both_matching_rules_match_their_plain_versions(rule):
         for t in thresholds
     ]
     assert result.true_positives.tolist() == expected
+
+
+def _paired_reference(a, b, confidence, num_resamples, seed):
+    """Slow, obvious paired bootstrap: the same draws, one resample and one seed at a time."""
+    rng = np.random.default_rng(seed)
+    num_seeds, num_images = a.shape
+    seed_draws = rng.integers(0, num_seeds, size=(num_resamples, num_seeds))
+    image_draws = rng.integers(0, num_images, size=(num_resamples, num_images))
+    statistics = []
+    for seeds, images in zip(seed_draws, image_draws, strict=True):
+        differences = []
+        for s in seeds:
+            mean_b = [b[s, i] for i in images if not np.isnan(b[s, i])]
+            mean_a = [a[s, i] for i in images if not np.isnan(a[s, i])]
+            if mean_a and mean_b:
+                differences.append(np.mean(mean_b) - np.mean(mean_a))
+        if differences:
+            statistics.append(np.mean(differences))
+    tail = (1 - confidence) / 2
+    return tuple(np.quantile(statistics, [tail, 1 - tail]))
+
+
+def test_paired_bootstrap_difference_matches_a_slow_reference():
+    from retinanet_lib.metrics import paired_bootstrap_difference
+
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0, 1, (3, 25))
+    b = a + rng.normal(0.05, 0.1, (3, 25))
+    a[0, :6] = np.nan  # images the metric does not count in some runs
+    b[2, 3:9] = np.nan
+    result = paired_bootstrap_difference(a, b, num_resamples=300, seed=7)
+    low, high = _paired_reference(a, b, 0.95, 300, 7)
+    assert (result.low, result.high) == pytest.approx((low, high), abs=1e-12)
+    per_seed = [np.nanmean(b[s]) - np.nanmean(a[s]) for s in range(3)]
+    assert result.difference == pytest.approx(np.mean(per_seed))
+    assert result.low < result.difference < result.high
+    assert (result.num_seeds, result.num_images) == (3, 25)
+
+
+def test_paired_bootstrap_difference_hand_values_and_verdicts():
+    from retinanet_lib.metrics import paired_bootstrap_difference
+
+    a = np.array([[0.2, 0.4, np.nan, 0.6], [0.1, 0.3, 0.5, np.nan]])
+    # B is A plus exactly 0.1 on every counted image: every resample differs by 0.1.
+    shifted = paired_bootstrap_difference(a, a + 0.1)
+    assert (shifted.difference, shifted.low, shifted.high) == pytest.approx((0.1, 0.1, 0.1))
+    assert shifted.verdict() == "better"
+    assert paired_bootstrap_difference(a + 0.1, a).verdict() == "worse"
+    assert str(shifted) == "+0.100 (95 % CI +0.100 to +0.100)"
+    # Seed 0 gains 0.3 on every image, seed 1 loses 0.3: the mean is 0, and the interval,
+    # which resamples seeds, spans both signs.
+    b = a + np.array([[0.3], [-0.3]])
+    mixed = paired_bootstrap_difference(a, b)
+    assert mixed.difference == pytest.approx(0.0, abs=1e-12)
+    assert mixed.low == pytest.approx(-0.3) and mixed.high == pytest.approx(0.3)
+    assert mixed.verdict() == "no difference found with 2 seeds"
+    # Pairing matters: a noisy but constant per-image gain is found, although the two arms'
+    # own intervals overlap.
+    rng = np.random.default_rng(0)
+    noisy = rng.uniform(0, 1, (3, 200))
+    gained = paired_bootstrap_difference(noisy, noisy + 0.02)
+    assert gained.verdict() == "better"
+    with pytest.raises(ValueError, match="shape"):
+        paired_bootstrap_difference(a, a[:, :3])
+    with pytest.raises(ValueError, match="at least one image"):
+        paired_bootstrap_difference(np.full((1, 3), np.nan), np.zeros((1, 3)))
