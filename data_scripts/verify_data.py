@@ -18,7 +18,7 @@ from pathlib import Path
 
 from retinanet_lib.config import run_mode_from_env
 from retinanet_lib.rejects import verify_dicoms
-from retinanet_lib.rsna import prepare_data
+from retinanet_lib.splits import prepare_data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retinanet_lib.config import SyntheticConfig
-
 __all__ = [
     "DATA_DIR_ENV",
     "RSNA_LAYOUT",
@@ -27,7 +25,6 @@ __all__ = [
     "check_rsna_layout",
     "data_root",
     "load_rsna_labels",
-    "prepare_data",
     "require_rsna_layout",
     "split_patients",
 ]
@@ -226,26 +223,3 @@ def split_patients(
         count = int(round(len(group) * validation_fraction))
         validation[rng.permutation(group)[:count]] = True
     return ids[~validation].tolist(), ids[validation].tolist()
-
-
-def prepare_data(mode: str, synthetic_cfg: SyntheticConfig | None = None) -> Path:
-    """The data folder a chapter should read, for a run mode.
-
-    * `"cpu"`: the synthetic set in `data_root() / "synthetic"`, generated on first use
-      (about 15 s for 320 images) and reused afterwards.
-    * `"full"`: the real data at `$RETINANET_DATA_DIR` (or its `rsna/` subfolder); a clear
-      error says how to get it when it is not there.
-
-    Returns:
-        A folder with the RSNA layout.
-    """
-    from retinanet_lib.synthetic import ensure_synthetic_rsna
-
-    if mode == "cpu":
-        return ensure_synthetic_rsna(data_root() / "synthetic", synthetic_cfg, progress=False)
-    if mode != "full":
-        raise ValueError(f"Unknown run mode {mode!r}; use 'cpu' or 'full'.")
-    root = data_root()
-    if check_rsna_layout(root) and not check_rsna_layout(root / "rsna"):
-        root = root / "rsna"
-    return require_rsna_layout(root)

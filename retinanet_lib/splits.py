@@ -20,19 +20,43 @@ from pathlib import Path
 
 import pandas as pd
 
-from retinanet_lib.config import RetinaNetConfig
+from retinanet_lib.config import RetinaNetConfig, SyntheticConfig
 from retinanet_lib.pipeline import Records, make_records
 from retinanet_lib.rsna import (
     LABELS_FILE,
     TEST_IMAGES,
     TEST_LABELS_FILE,
     RsnaLabels,
+    check_rsna_layout,
+    data_root,
     load_rsna_labels,
-    prepare_data,
+    require_rsna_layout,
     split_patients,
 )
+from retinanet_lib.synthetic import ensure_synthetic_rsna
 
-__all__ = ["DataSplits", "load_splits"]
+__all__ = ["DataSplits", "load_splits", "prepare_data"]
+
+
+def prepare_data(mode: str, synthetic_cfg: SyntheticConfig | None = None) -> Path:
+    """The data folder a chapter should read, for a run mode.
+
+    * `"cpu"`: the synthetic set in `data_root() / "synthetic"`, generated on first use
+      (about 15 s for 320 images) and reused afterwards.
+    * `"full"`: the real data at `$RETINANET_DATA_DIR` (or its `rsna/` subfolder); a clear
+      error says how to get it when it is not there.
+
+    Returns:
+        A folder with the RSNA layout.
+    """
+    if mode == "cpu":
+        return ensure_synthetic_rsna(data_root() / "synthetic", synthetic_cfg, progress=False)
+    if mode != "full":
+        raise ValueError(f"Unknown run mode {mode!r}; use 'cpu' or 'full'.")
+    root = data_root()
+    if check_rsna_layout(root) and not check_rsna_layout(root / "rsna"):
+        root = root / "rsna"
+    return require_rsna_layout(root)
 
 
 @dataclass(frozen=True)

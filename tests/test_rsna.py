@@ -135,7 +135,7 @@ def test_data_root_reads_the_environment(monkeypatch, tmp_path):
 
 def test_prepare_data_cpu_generates_once_and_full_explains(monkeypatch, tmp_path):
     from retinanet_lib.config import SyntheticConfig
-    from retinanet_lib.rsna import prepare_data
+    from retinanet_lib.splits import prepare_data
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     small = SyntheticConfig(num_train=3, num_test=1, image_size=128)
