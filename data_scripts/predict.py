@@ -5,7 +5,8 @@
     python data_scripts/predict.py runs/full $RETINANET_DATA_DIR/stage_2_test_images out/ \\
         --no-heatmaps
 
-Streams through the files with a progress bar: each image's heatmap PNG (heatmap over the
+Streams through the files with a progress bar on a terminal (redirected to a file, a plain
+line every `--log-every` files instead): each image's heatmap PNG (heatmap over the
 X-ray, detections dashed) and its rows of `detections.csv` (patientId, confidence, x, y, width,
 height in original pixels, one row per box) are written as soon as it is done. At the end,
 `submission.csv` (Kaggle format) has one row for every input file. A file that cannot be read
@@ -54,6 +55,30 @@ def collect_dicoms(inputs: list[str]) -> list[Path]:
     return paths
 
 
+class FileProgress:
+    """A tqdm bar on a terminal; redirected to a file (a scheduler, CI, nohup), one plain line
+    every `every` files and at the end, with no carriage return or escape code."""
+
+    def __init__(self, total: int, every: int) -> None:
+        self.total, self.every, self.count = total, max(1, every), 0
+        self.bar = tqdm(total=total, unit="image") if sys.stderr.isatty() else None
+
+    def update(self, count: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+            return
+        before, self.count = self.count, self.count + count
+        if count and (self.count // self.every > before // self.every or self.count == self.total):
+            print(f"{self.count} of {self.total} files done", flush=True)
+
+    def __enter__(self) -> FileProgress:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", help="training folder (config.json + best.weights.h5)")
@@ -62,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dpi", type=int, default=80)
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=100,
+        help="without a terminal: a plain progress line every N files (default 100)",
+    )
     args = parser.parse_args(argv)
     *inputs, output = args.inputs
     if not inputs:
@@ -96,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     done, num_boxes = [], 0
     with (
         open(out / "detections.csv", "w", newline="") as handle,
-        tqdm(total=len(paths), unit="image") as progress,
+        FileProgress(len(paths), args.log_every) as progress,
     ):
         detections = csv.writer(handle)
         detections.writerow(DETECTION_COLUMNS)

@@ -171,3 +171,29 @@ def test_exported_savedmodel_loads_without_the_library_and_matches(trained, tmp_
         np.testing.assert_allclose(outputs["heatmap"][index], prediction.heatmap, atol=1e-5)
     with pytest.raises(FileExistsError):
         export_inference_model(model, cfg, tmp_path / "saved")
+
+
+def test_predict_cli_logs_plain_lines_when_not_on_a_terminal(trained, tmp_path):
+    """Captured to a file, as a scheduler would: no progress bar, no carriage returns or
+    colour codes; one line every --log-every files and one at the end."""
+    base, data, _, _ = trained
+    log = tmp_path / "predict.log"
+    command = [sys.executable, str(ROOT / "data_scripts" / "predict.py"), str(base / "run")]
+    command += [str(data / "stage_2_test_images"), str(tmp_path / "out"), "--no-heatmaps"]
+    with log.open("w") as handle:
+        result = subprocess.run([*command, "--log-every", "2"], stdout=handle, stderr=handle)
+    text = log.read_text()
+    assert result.returncode == 0, text[-3000:]
+    assert "\r" not in text and "\x1b" not in text
+    progress = [line for line in text.splitlines() if line.endswith("files done")]
+    # Three readable files, then the garbage one counted as handled at the end.
+    assert progress == ["2 of 4 files done", "4 of 4 files done"]
+
+
+def test_file_progress_prints_every_n_files_and_the_last(capsys):
+    progress = predict_cli.FileProgress(total=5, every=2)
+    for _ in range(4):
+        progress.update(1)
+    progress.update(1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["2 of 5 files done", "4 of 5 files done", "5 of 5 files done"]
