@@ -286,6 +286,7 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
     splits = load_splits("cpu", base)
     csv_path = RESULTS / f"{study}.csv"
     done = done_runs(csv_path)
+    commit = _commit()  # the code this process runs: read once, at the start
     for seed in seeds:  # seeds outermost: a partial study still covers every arm
         for name, make_cfg in arms.items():
             if (only and name not in only) or (name, seed) in done:
@@ -304,7 +305,6 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
                 first_steps=FIRST_STEPS if study == "loss" else 0,
                 extra_scores=extra.get(study),
             )
-            commit = _commit()
             if study in PER_IMAGE_STUDIES:
                 append_row(csv_path, {**result.row, "commit": commit})
                 _write_per_image(RESULTS / f"{study}_per_image.csv", result, splits)
