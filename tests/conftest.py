@@ -50,6 +50,11 @@ def _jupyter_book() -> str:
 def build_book(book_root: Path, config: dict, output: Path) -> subprocess.CompletedProcess:
     config_path = output / "_config_test.yml"
     output.mkdir(parents=True, exist_ok=True)
+    # Jupyter Book resolves local extension folders against the config file's folder; the
+    # configs here derive from the repository's _config.yml, so resolve them against its root.
+    extensions = config.get("sphinx", {}).get("local_extensions") or {}
+    for name, folder in extensions.items():
+        extensions[name] = str((ROOT / folder).resolve())
     config_path.write_text(yaml.safe_dump(config))
     command = [
         _jupyter_book(),

@@ -7,7 +7,11 @@ JupyterLab server (started from this environment), where the solutions must be c
 
 Needs Debian's `chromium` (CI installs it; elsewhere the tests are skipped when it is missing).
 Screenshots are saved to `_build/artifacts/`: Chapter 5's heatmap section, Chapter 1's
-exercises in the book and in JupyterLab.
+exercises in the book and in JupyterLab, Chapter 4's focal-loss formula offline.
+
+The formulas are checked where readers meet them: in the built book opened from disk with
+every network request refused (they are MathML made at build time, so they need none), and in
+JupyterLab (its own MathJax).
 """
 
 import functools
@@ -127,6 +131,60 @@ def test_chapter_page_loads_in_chromium(server, browser, chapter):
     page.close()
 
 
+#: Every chapter typesets its formulas; together at least this many.
+MIN_FORMULAS = 20
+_RENDERED_MATH = """
+Array.from(document.querySelectorAll("article math")).map(m => {
+  const box = m.getBoundingClientRect();
+  return [box.width, box.height, m.getAttribute("display") || "inline"];
+})
+"""
+# Text outside code that still holds TeX: a `$` or a backslash command (raw, unrendered math).
+_RAW_TEX = r"""
+Array.from(document.querySelectorAll("article p, article li, article td"))
+  .filter(e => !e.closest("pre, .cell_output, .highlight"))
+  .map(e => {
+    const copy = e.cloneNode(true);
+    copy.querySelectorAll("code, math, .math").forEach(x => x.remove());
+    return copy.textContent;
+  })
+  .filter(t => /\$|\\(frac|alpha|gamma|log|sqrt|max|text|mathrm)/.test(t))
+"""
+
+
+def _only_files(route, refused):
+    """Playwright route handler: files load, anything from a network is refused."""
+    if route.request.url.startswith("file:"):
+        route.continue_()
+    else:
+        refused.append(route.request.url)
+        route.abort()
+
+
+def test_formulas_render_offline_in_the_book(built_book, browser):
+    """Each chapter page opened from disk, every http(s) request refused: the formulas are
+    drawn (MathML with a real size), and no raw TeX is left in the prose."""
+    total = 0
+    for chapter in CHAPTERS:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        refused = []
+        page.route("**/*", functools.partial(_only_files, refused=refused))
+        page.goto((built_book / "chapters" / f"{chapter}.html").as_uri(), wait_until="load")
+        formulas = page.evaluate(_RENDERED_MATH)
+        assert formulas, f"{chapter}: no typeset formula"
+        assert all(w > 0 and h > 0 for w, h, _ in formulas), f"{chapter}: an empty formula"
+        assert not page.evaluate(_RAW_TEX), f"{chapter}: raw TeX in the prose"
+        assert not any("mathjax" in url.lower() for url in refused), "the page asked for MathJax"
+        total += len(formulas)
+        if chapter.startswith("04"):
+            block = page.locator("article math[display=block]").first
+            block.scroll_into_view_if_needed()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            block.screenshot(path=str(ARTIFACTS / "chapter4_formula_offline.png"))
+        page.close()
+    assert total >= MIN_FORMULAS, f"{total} formulas in the chapters"
+
+
 def test_solutions_are_collapsed_in_the_book(server, browser):
     page, _ = _open(browser, f"{server}/chapters/01_anchors.html")
     details = page.locator("details").last
@@ -196,13 +254,17 @@ def test_jupyterlab_opens_a_chapter_with_its_solutions_collapsed(jupyterlab, bro
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector(".jp-RenderedMarkdown h1", timeout=60_000)
     assert "Anchor boxes" in page.locator(".jp-RenderedMarkdown h1").first.inner_text()
-    # Windowed notebooks render cells near the viewport: scroll to the end.
+    # Windowed notebooks render cells near the viewport: scroll to the end, noting whether a
+    # formula was typeset on the way (JupyterLab's MathJax makes `mjx-container` elements).
+    typeset = False
     for _ in range(40):
+        typeset = typeset or page.locator(".jp-RenderedMarkdown mjx-container").count() > 0
         if page.locator(".jp-RenderedMarkdown details").count():
             break
         page.mouse.move(640, 500)
         page.mouse.wheel(0, 4000)
         page.wait_for_timeout(250)
+    assert typeset, "no formula typeset by JupyterLab's MathJax"
     details = page.locator(".jp-RenderedMarkdown details").last
     details.scroll_into_view_if_needed()
     assert details.get_attribute("open") is None
