@@ -37,7 +37,7 @@ from retinanet_lib.evaluate import (
     score_at,
 )
 from retinanet_lib.inference import predict_images
-from retinanet_lib.metrics import DetectionScores
+from retinanet_lib.metrics import DetectionScores, PairedDifference, paired_bootstrap_difference
 from retinanet_lib.pipeline import Records, make_dataset, num_batches
 from retinanet_lib.preprocess import augment, to_model_input
 from retinanet_lib.splits import DataSplits
@@ -53,6 +53,7 @@ __all__ = [
     "first_steps_losses",
     "load_result",
     "moved_validation_scores",
+    "paired_difference",
     "run_arm",
     "summarize",
     "summary_text",
@@ -356,3 +357,43 @@ def summary_text(
         ]
     text["seeds"] = summary[("seeds", "")].to_numpy()
     return text
+
+
+def paired_difference(
+    per_image: pd.DataFrame,
+    arm_a: str,
+    arm_b: str,
+    column: str = "rsna_score",
+    num_resamples: int = 2000,
+) -> PairedDifference:
+    """`arm_b - arm_a` on the seeds and images both arms have, with a 95 % paired bootstrap
+    interval over seeds and images (`metrics.paired_bootstrap_difference`).
+
+    Args:
+        per_image: A study's per-image table: `arm`, `seed`, `image` and `column` (empty where
+            the metric does not count the image).
+        arm_a: The reference arm.
+        arm_b: The arm compared with it.
+        column: The per-image score.
+        num_resamples: Bootstrap resamples.
+
+    Returns:
+        The paired difference.
+
+    Raises:
+        ValueError: If the two arms were not run with the same seeds on the same images.
+    """
+    grids = {}
+    for arm in (arm_a, arm_b):
+        rows = per_image[per_image["arm"] == arm]
+        if rows.empty:
+            raise ValueError(f"No per-image rows for arm {arm!r}.")
+        grids[arm] = rows.pivot(index="seed", columns="image", values=column).sort_index()
+    a, b = grids[arm_a], grids[arm_b]
+    if list(a.index) != list(b.index) or set(a.columns) != set(b.columns):
+        raise ValueError(
+            f"{arm_a!r} and {arm_b!r} were not run on the same seeds and images "
+            f"(seeds {list(a.index)} and {list(b.index)})."
+        )
+    b = b[a.columns]
+    return paired_bootstrap_difference(a.to_numpy(), b.to_numpy(), num_resamples=num_resamples)

@@ -118,3 +118,25 @@ def test_positive_anchors_per_level_match_an_iou_count_level_by_level(tmp_path):
         for level in cfg.anchors.levels:
             expected = int(((best >= cfg.encoder.match_iou) & (level_ids == level)).sum())
             assert getattr(row, f"positive_P{level}") == expected
+
+
+def test_paired_difference_aligns_seeds_and_images_whatever_the_row_order():
+    from retinanet_lib.studies import paired_difference
+
+    rng = np.random.default_rng(0)
+    images = [f"img{i}" for i in range(12)]
+    rows = []
+    for seed in (0, 1, 2):
+        base = rng.uniform(0, 1, len(images))
+        for arm, shift in (("A", 0.0), ("B", 0.05 * (seed + 1))):
+            for image, value in zip(images, base + shift, strict=True):
+                rows.append({"arm": arm, "seed": seed, "image": image, "rsna_score": value})
+    table = pd.DataFrame(rows)
+    result = paired_difference(table.sample(frac=1.0, random_state=3), "A", "B")
+    assert result.difference == pytest.approx(np.mean([0.05, 0.10, 0.15]))
+    assert (result.num_seeds, result.num_images) == (3, 12)
+    assert 0.05 <= result.low <= result.high <= 0.15 and result.verdict() == "better"
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_difference(table[~((table["arm"] == "B") & (table["seed"] == 2))], "A", "B")
+    with pytest.raises(ValueError, match="No per-image rows"):
+        paired_difference(table, "A", "C")
