@@ -24,6 +24,7 @@ from retinanet_lib.layers import FeaturePyramid, PredictionHead, prior_probabili
 __all__ = [
     "BackboneWeightsError",
     "RESNET50_FEATURE_LAYERS",
+    "backbone_channels",
     "build_backbone",
     "build_retinanet",
     "parameter_counts",
@@ -35,6 +36,8 @@ TensorLike = Any
 #: Layers of `keras.applications.ResNet50` whose outputs are C3, C4, C5 (strides 8, 16, 32).
 RESNET50_FEATURE_LAYERS = ("conv3_block4_out", "conv4_block6_out", "conv5_block3_out")
 RESNET50_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+#: Channels of ResNet50's C3, C4, C5.
+RESNET50_FEATURE_CHANNELS = (512, 1024, 2048)
 
 
 class BackboneWeightsError(RuntimeError):
@@ -128,6 +131,13 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras
             backbone.load_weights(cfg.backbone_weights)
     backbone.trainable = not cfg.freeze_backbone
     return backbone
+
+
+def backbone_channels(cfg: ModelConfig) -> tuple[int, int, int]:
+    """Channels of the backbone's C3, C4 and C5 outputs, without building it."""
+    if cfg.backbone == "resnet50":
+        return RESNET50_FEATURE_CHANNELS
+    return tuple(cfg.small_resnet_widths[1:])
 
 
 def _flatten_level(outputs, last_dim: int):

@@ -414,6 +414,7 @@ def plot_seeds(
     by: str = "arm",
     xlim: tuple[float, float] | None = None,
     colors: dict[str, Any] | None = None,
+    reference: str | None = None,
 ) -> Axes:
     """One row per arm: each seed as a dot on the line of its range, the mean as a tick, and
     the mean and range written at the right.
@@ -427,11 +428,27 @@ def plot_seeds(
         xlim: Axis range; by default the data's range with a margin, so that differences of a
             few hundredths stay visible.
         colors: Arm -> colour (default: one colour for all).
+        reference: An arm (e.g. the baseline) whose mean is drawn as a dashed vertical line
+            across all rows, so that every other arm is read against it.
 
     Returns:
         `ax`.
     """
     arms = list(order) if order is not None else list(dict.fromkeys(table[by]))
+    if reference is not None:
+        if reference not in arms:
+            raise ValueError(f"reference arm {reference!r} is not among {arms}.")
+        baseline = float(table.loc[table[by] == reference, metric].mean())
+        ax.axvline(baseline, color="gray", linestyle="--", linewidth=1, zorder=0)
+        ax.text(
+            baseline,
+            1.0,
+            f" {reference}",
+            color="gray",
+            fontsize=9,
+            va="bottom",
+            transform=ax.get_xaxis_transform(),
+        )
     positions = np.arange(len(arms))[::-1]
     for position, arm in zip(positions, arms, strict=True):
         values = table.loc[table[by] == arm, metric].to_numpy(np.float64)
@@ -471,45 +488,71 @@ def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], **sty
     ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", **style})
 
 
-def draw_architecture(ax: Axes, image_size: int, fpn_channels: int, num_classes: int = 1) -> Axes:
+def draw_architecture(
+    ax: Axes,
+    image_size: int,
+    fpn_channels: int,
+    num_classes: int = 1,
+    backbone_channels: tuple[int, int, int] | None = None,
+) -> Axes:
     """Schematic of RetinaNet: backbone C3..C5 -> FPN P3..P7 -> shared class and box heads.
 
-    Each block is labelled with its feature-map size for a square `image_size` input.
+    Each block is labelled with its feature-map size (height x width x channels) for a square
+    `image_size` input.
+
+    Args:
+        ax: Target axes (about 11 x 6.5 inches reads well in the book).
+        image_size: Side of the square input.
+        fpn_channels: Channels of P3..P7.
+        num_classes: Classes predicted per anchor.
+        backbone_channels: Channels of C3, C4, C5 (`model.backbone_channels`); omitted, the
+            C blocks show only their size.
+
+    Returns:
+        `ax`.
     """
     ax.set_xlim(0, 10)
-    ax.set_ylim(0, 6.4)
+    ax.set_ylim(0, 6.9)
     ax.axis("off")
     row_height = 1.15
     rows = {level: 0.6 + index * row_height for index, level in enumerate((3, 4, 5, 6, 7))}
     sizes = {level: -(-image_size // 2**level) for level in rows}
     class_head_y, box_head_y = 3.9, 2.1
-    for level, y in rows.items():
+    for index, (level, y) in enumerate(rows.items()):
         side = sizes[level]
         if level <= 5:
-            _label(ax, 1.3, y, f"C{level}\n{side}x{side}", "#cfe2f3")
-            _arrow(ax, (1.85, y), (3.85, y))  # lateral 1x1 convolution
+            depth = f"x{backbone_channels[index]}" if backbone_channels else ""
+            _label(ax, 1.3, y, f"C{level}\n{side}x{side}{depth}", "#cfe2f3")
+            _arrow(ax, (2.05, y), (3.75, y))  # lateral 1x1 convolution
         _label(ax, 4.6, y, f"P{level}\n{side}x{side}x{fpn_channels}", "#d9ead3")
         for head_y in (class_head_y, box_head_y):
-            _arrow(ax, (5.45, y), (6.6, head_y), color="gray", alpha=0.6)
-    _arrow(ax, (1.85, rows[5] + 0.3), (4.6, rows[6] - 0.3), linestyle="--")  # P6 from C5
-    _arrow(ax, (4.6, rows[6] + 0.3), (4.6, rows[7] - 0.3), linestyle="--")  # P7 from ReLU(P6)
+            _arrow(ax, (5.5, y), (6.6, head_y), color="gray", alpha=0.6)
+    _arrow(ax, (1.3, rows[5] + 0.35), (3.85, rows[6] - 0.1), linestyle="--")  # P6 from C5
+    _arrow(ax, (4.6, rows[6] + 0.35), (4.6, rows[7] - 0.35), linestyle="--")  # P7 from P6
+    ax.text(
+        1.3,
+        rows[6] + 0.55,
+        "P6, P7 (dashed):\n3x3 conv, stride 2",
+        ha="center",
+        va="center",
+        fontsize=_DIAGRAM_FONT - 1,
+    )
     for upper in (4, 5):  # top-down path: P5 -> P4 -> P3 (upsample x2 and add)
         _arrow(ax, (3.55, rows[upper] - 0.25), (3.55, rows[upper - 1] + 0.25), color="tab:green")
     ax.text(
-        3.35,
-        1.75,
+        3.4,
+        (rows[3] + rows[4]) / 2,
         "x2 up\n+ add",
         ha="right",
         va="center",
-        fontsize=_DIAGRAM_FONT,
+        fontsize=_DIAGRAM_FONT - 1,
         color="tab:green",
     )
-    ax.text(2.85, rows[3] + 0.28, "1x1 conv", ha="center", fontsize=_DIAGRAM_FONT - 2)
-    ax.text(5.0, rows[6] - 0.55, "3x3 conv, stride 2", ha="left", fontsize=_DIAGRAM_FONT - 2)
+    ax.text(2.9, rows[3] - 0.42, "1x1 conv", ha="center", fontsize=_DIAGRAM_FONT - 1)
     _label(
         ax, 7.9, class_head_y, f"class head (shared)\n9 x {num_classes} logits / cell", "#fce5cd"
     )
     _label(ax, 7.9, box_head_y, "box head (shared)\n9 x 4 deltas / cell", "#fce5cd")
     for x, title in ((1.3, "backbone"), (4.6, "feature pyramid"), (7.9, "heads")):
-        ax.text(x, 6.3, title, ha="center", fontsize=_DIAGRAM_FONT + 1, weight="bold")
+        ax.text(x, 6.55, title, ha="center", fontsize=_DIAGRAM_FONT + 1, weight="bold")
     return ax

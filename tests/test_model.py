@@ -147,3 +147,12 @@ def test_split_predictions_and_bad_shape():
     assert boxes.shape == (2, 7, 4) and logits.shape == (2, 7, 2)
     with pytest.raises(ValueError):
         split_predictions(np.zeros((2, 7, 4), np.float32))
+
+
+def test_backbone_channels_match_the_built_backbones():
+    from retinanet_lib.model import backbone_channels, build_backbone
+
+    for name in ("small_resnet", "resnet50"):
+        cfg = ModelConfig(backbone=name, backbone_weights=None)
+        outputs = build_backbone(cfg, (64, 64, 3)).outputs
+        assert backbone_channels(cfg) == tuple(int(o.shape[-1]) for o in outputs)

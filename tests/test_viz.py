@@ -4,6 +4,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from retinanet_lib import viz  # noqa: E402
 from retinanet_lib.config import AnchorConfig  # noqa: E402
@@ -88,3 +89,32 @@ def test_level_probabilities_share_0_to_1_and_cover_the_image():
     assert all(len(ax.collections) == 1 for ax in axes)  # the box on every panel
     assert shown is axes[2].images[-1]
     plt.close(figure)
+
+
+def test_architecture_diagram_labels_sizes_and_channels():
+    fig, ax = plt.subplots(figsize=(11, 6.5))
+    viz.draw_architecture(ax, 256, 64, 1, backbone_channels=(32, 64, 128))
+    texts = [t.get_text() for t in ax.texts]
+    assert "C3\n32x32x32" in texts and "C5\n8x8x128" in texts
+    assert "P7\n2x2x64" in texts and "P3\n32x32x64" in texts
+    # Column headers stay inside the axes, clear of the top block (P7 at y 5.2).
+    headers = [t for t in ax.texts if t.get_text() in ("backbone", "feature pyramid", "heads")]
+    assert len(headers) == 3 and all(5.9 < t.get_position()[1] < ax.get_ylim()[1] for t in headers)
+    plt.close(fig)
+
+
+def test_plot_seeds_draws_the_reference_mean_across_the_rows():
+    table = pd.DataFrame(
+        {
+            "arm": ["base"] * 3 + ["new"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "m": [0.4, 0.5, 0.6, 0.7] * 1 + [0.8, 0.9],
+        }
+    )
+    fig, ax = plt.subplots()
+    viz.plot_seeds(ax, table, "m", reference="base")
+    dashed = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_xdata()[0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="reference"):
+        viz.plot_seeds(ax, table, "m", reference="missing")
+    plt.close(fig)
