@@ -8,3 +8,21 @@ def random_boxes_xyxy(rng: np.random.Generator, n: int, extent: float = 100.0) -
     top_left = rng.uniform(0, extent * 0.8, size=(n, 2))
     size = rng.uniform(1.0, extent * 0.5, size=(n, 2))
     return np.concatenate([top_left, top_left + size], axis=1).astype(np.float32)
+
+
+def bright_squares(cfg, num_images: int = 8, seed: int = 0, size: int = 64):
+    """`(N, size, size, 3)` images holding one bright square each on a dark background, and
+    their `(N, A, 5)` targets from the real encoder (`cfg.image_size` must be `size`)."""
+    from retinanet_lib.encoding import LabelEncoder
+
+    rng = np.random.default_rng(seed)
+    encoder = LabelEncoder(cfg)
+    images = np.full((num_images, size, size, 3), -1.0, np.float32)
+    targets = []
+    for index in range(num_images):
+        x0, y0 = rng.integers(4, 30, 2)
+        side = rng.integers(18, 30)
+        images[index, y0 : y0 + side, x0 : x0 + side] = 1.0
+        box = np.array([[x0, y0, x0 + side, y0 + side]], np.float32)
+        targets.append(encoder.encode_sample(box, [0]).numpy())
+    return images, np.stack(targets)

@@ -22,7 +22,6 @@ from retinanet_lib.config import (
     TrainConfig,
     config_for_mode,
 )
-from retinanet_lib.encoding import LabelEncoder
 from retinanet_lib.inference import detect
 from retinanet_lib.losses import RetinaNetLoss
 from retinanet_lib.model import build_retinanet
@@ -36,6 +35,8 @@ from retinanet_lib.train import (
     make_optimizer,
 )
 
+from .helpers import bright_squares
+
 ROOT = Path(__file__).resolve().parent.parent
 SIZE = 64
 
@@ -47,21 +48,6 @@ def _tiny(precision: str = "float32", **train):
     return dataclasses.replace(
         base, image_size=SIZE, train=TrainConfig(mixed_precision=precision, **settings)
     )
-
-
-def _squares(cfg, num_images=8, seed=0):
-    """Images with one bright square each; targets from the real encoder."""
-    rng = np.random.default_rng(seed)
-    encoder = LabelEncoder(cfg)
-    images = np.full((num_images, SIZE, SIZE, 3), -1.0, np.float32)
-    targets = []
-    for index in range(num_images):
-        x0, y0 = rng.integers(4, 30, 2)
-        side = rng.integers(18, 30)
-        images[index, y0 : y0 + side, x0 : x0 + side] = 1.0
-        box = np.array([[x0, y0, x0 + side, y0 + side]], np.float32)
-        targets.append(encoder.encode_sample(box, [0]).numpy())
-    return images, np.stack(targets)
 
 
 def test_linear_scaling_rule_multiplies_every_rate_by_the_batch_ratio():
@@ -117,7 +103,7 @@ def test_mixed_precision_model_computes_in_16_bits_and_outputs_float32(precision
 
 def _first_epochs(cfg, workdir):
     keras.utils.set_random_seed(0)
-    images, targets = _squares(cfg)
+    images, targets = bright_squares(cfg)
     data = tf.data.Dataset.from_tensor_slices((images, targets)).batch(cfg.train.batch_size)
     return fit_retinanet(cfg, data, data, workdir, verbose=0, tensorboard=False), images
 
@@ -126,7 +112,7 @@ def _first_epochs(cfg, workdir):
 def test_mixed_precision_trains_with_finite_losses_and_decodes_float32_boxes(precision, tmp_path):
     cfg = _tiny(precision, epochs=2)
     # Same seed, same weights: the loss differs from float32's only by 16-bit round-off.
-    images, targets = _squares(cfg)
+    images, targets = bright_squares(cfg)
     loss = RetinaNetLoss(cfg.num_classes, cfg.loss)
     values = {}
     for name, run_cfg in (("float32", _tiny()), (precision, cfg)):
@@ -225,7 +211,7 @@ def test_model_and_loss_run_on_jax_without_tensorflow_and_agree(tmp_path):
     cfg = _tiny()
     keras.utils.set_random_seed(3)
     model = build_retinanet(cfg)
-    images, targets = _squares(cfg, num_images=3, seed=3)
+    images, targets = bright_squares(cfg, num_images=3, seed=3)
     model.save_weights(tmp_path / "model.weights.h5")
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     np.savez(tmp_path / "data.npz", images=images, targets=targets)

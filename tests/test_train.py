@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 from retinanet_lib.config import RetinaNetConfig, TrainConfig, config_for_mode
-from retinanet_lib.encoding import LabelEncoder
 from retinanet_lib.train import (
     BEST_WEIGHTS,
     CONFIG_FILE,
@@ -26,6 +25,8 @@ from retinanet_lib.train import (
     read_run,
     save_score_threshold,
 )
+
+from .helpers import bright_squares
 
 TINY = dataclasses.replace(
     config_for_mode("cpu"),
@@ -64,17 +65,8 @@ def test_optimizers():
 
 def tiny_datasets(cfg, num_images=8, seed=0):
     """Images with one bright square each; targets from the real encoder."""
-    rng = np.random.default_rng(seed)
-    encoder = LabelEncoder(cfg)
-    images = np.full((num_images, 64, 64, 3), -1.0, np.float32)
-    targets = []
-    for index in range(num_images):
-        x0, y0 = rng.integers(4, 30, 2)
-        size = rng.integers(18, 30)
-        images[index, y0 : y0 + size, x0 : x0 + size] = 1.0
-        box = np.array([[x0, y0, x0 + size, y0 + size]], np.float32)
-        targets.append(encoder.encode_sample(box, [0]).numpy())
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.stack(targets)))
+    images, targets = bright_squares(cfg, num_images, seed)
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     return dataset.batch(cfg.train.batch_size), dataset.batch(cfg.train.batch_size)
 
 
