@@ -299,9 +299,8 @@ def bootstrap_interval(
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
     rng = np.random.default_rng(seed)
     samples = values[rng.integers(0, len(values), size=(num_resamples, len(values)))]
-    counted = np.isfinite(samples)
-    sums = np.where(counted, samples, 0.0).sum(axis=1)
-    means = sums[counted.any(axis=1)] / counted.sum(axis=1)[counted.any(axis=1)]
+    means = _nan_skipping_mean(samples)  # NaN where a resample drew no counted image
+    means = means[np.isfinite(means)]
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return float(low), float(high)
@@ -342,7 +341,7 @@ class PairedDifference:
         return f"{self.difference:+.3f} ({percent} % CI {self.low:+.3f} to {self.high:+.3f})"
 
 
-def _seed_means(values: np.ndarray) -> np.ndarray:
+def _nan_skipping_mean(values: np.ndarray) -> np.ndarray:
     """Mean over the last axis (images), skipping NaN; NaN where no image is counted."""
     counted = np.isfinite(values)
     sums = np.where(counted, values, 0.0).sum(axis=-1)
@@ -386,19 +385,19 @@ def paired_bootstrap_difference(
         raise ValueError(f"Both arms need one (seeds, images) shape, got {a.shape}, {b.shape}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
-    if np.isnan(_seed_means(a)).any() or np.isnan(_seed_means(b)).any():
+    if np.isnan(_nan_skipping_mean(a)).any() or np.isnan(_nan_skipping_mean(b)).any():
         raise ValueError("Every seed of both arms must count at least one image.")
     num_seeds, num_images = a.shape
     rng = np.random.default_rng(seed)
     seed_draws = rng.integers(0, num_seeds, size=(num_resamples, num_seeds))  # (R, S)
     image_draws = rng.integers(0, num_images, size=(num_resamples, num_images))  # (R, I)
     rows, columns = seed_draws[:, :, None], image_draws[:, None, :]  # (R, S, I) by broadcasting
-    per_seed = _seed_means(b[rows, columns]) - _seed_means(a[rows, columns])  # (R, S)
-    statistics = _seed_means(per_seed)  # (R,); a seed with no counted image drawn is skipped
+    per_seed = _nan_skipping_mean(b[rows, columns]) - _nan_skipping_mean(a[rows, columns])  # (R, S)
+    statistics = _nan_skipping_mean(per_seed)  # (R,); a seed with no counted image drawn is skipped
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(statistics[np.isfinite(statistics)], [tail, 1.0 - tail])
     return PairedDifference(
-        difference=float(np.mean(_seed_means(b) - _seed_means(a))),
+        difference=float(np.mean(_nan_skipping_mean(b) - _nan_skipping_mean(a))),
         low=float(low),
         high=float(high),
         confidence=confidence,
