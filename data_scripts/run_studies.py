@@ -24,7 +24,7 @@ split at the threshold `data_scripts/train.py` would save (chosen on the validat
 The "batch" study asks whether the blog's batch size 1 can be traded for a GPU-sized batch
 without changing the detector: the CPU default trained with SGD (momentum 0.9, as the blog)
 at batch 1 and the blog's rate 5e-4, against batch 8 at the linearly scaled rate 4e-3 with a
-2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10 after epoch 22. It writes
+2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10 after epoch 22, five seeds. It writes
 `batch_per_image.csv` too (every validation image's RSNA score), from which the book computes
 the paired difference (`metrics.paired_bootstrap_difference`). Rows written from now on carry
 the commit they were made with (`commit`).
@@ -183,7 +183,7 @@ STUDIES = {  # arms, seeds, base configuration
     "resolution": (RESOLUTION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
     "augmentation": (AUGMENTATION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
     "final": (FINAL_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
-    "batch": (BATCH_ARMS, (0, 1, 2), _batch_base),
+    "batch": (BATCH_ARMS, (0, 1, 2, 3, 4), _batch_base),
 }
 #: Studies that also write every validation image's score (`<study>_per_image.csv`).
 PER_IMAGE_STUDIES = ("batch",)
