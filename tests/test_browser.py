@@ -287,3 +287,28 @@ def test_screenshot_of_the_heatmap_section(server, browser):
     assert target.stat().st_size > 10_000
     assert not problems["js"]
     page.close()
+
+
+#: Figures a reviewer flagged, by page and section: each is screenshotted for a person to look
+#: at (`_build/artifacts/figure_*.png`) and must load and be drawn at least this wide (px).
+FLAGGED_FIGURES = {
+    "ignored_anchors": ("chapters/01_anchors", "matching-positive-ignored-background", 350),
+    "architecture": ("chapters/02_model", "one-stage-or-two", 600),
+    "focal_loss_curves": ("chapters/04_focal_loss", "from-cross-entropy-to-the-focal-loss", 350),
+    "schedules": ("chapters/05_training_heatmap", "transfer-learning-and-why-the-blog-froze", 600),
+    "ablation": ("book/results", "the-ablation", 600),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAGGED_FIGURES))
+def test_flagged_figures_render_at_a_readable_size(server, browser, name):
+    page_name, section, min_width = FLAGGED_FIGURES[name]
+    page, problems = _open(browser, f"{server}/{page_name}.html")
+    image = page.locator(f"section[id^='{section}'] img").first
+    image.scroll_into_view_if_needed()
+    assert image.evaluate("i => i.complete && i.naturalWidth > 0")
+    assert image.bounding_box()["width"] >= min_width
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    image.screenshot(path=str(ARTIFACTS / f"figure_{name}.png"))
+    assert not problems["js"]
+    page.close()
