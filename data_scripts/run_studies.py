@@ -26,8 +26,8 @@ without changing the detector: the CPU default trained with SGD (momentum 0.9, a
 at batch 1 and the blog's rate 5e-4, against batch 8 at the linearly scaled rate 4e-3 with a
 2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10 after epoch 22, five seeds. It writes
 `batch_per_image.csv` too (every validation image's RSNA score), from which the book computes
-the paired difference (`metrics.paired_bootstrap_difference`). Rows written from now on carry
-the commit they were made with (`commit`).
+the paired difference (`metrics.paired_bootstrap_difference`). Its rows carry the commit the
+study process started from (`commit`); the older studies' CSVs keep their columns.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from retinanet_lib.splits import DataSplits, load_splits  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
     append_row,
+    append_rows,
     done_runs,
     moved_validation_scores,
     run_arm,
@@ -330,7 +331,7 @@ def _write_per_image(csv_path: Path, result: ArmResult, splits: DataSplits) -> N
             "rsna_score": np.round(result.per_image, 4),
         }
     )
-    table.to_csv(csv_path, mode="a", header=not csv_path.is_file(), index=False)
+    append_rows(csv_path, table)
 
 
 def result_cfg(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:

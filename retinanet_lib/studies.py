@@ -49,6 +49,7 @@ __all__ = [
     "FirstStepsLoss",
     "RESULTS_PACKAGE",
     "append_row",
+    "append_rows",
     "done_runs",
     "first_steps_losses",
     "load_result",
@@ -299,9 +300,14 @@ def done_runs(csv_path: str | Path) -> set[tuple[str, int]]:
 
 def append_row(csv_path: str | Path, row: dict) -> None:
     """Appends one row to a results CSV (header written with the first row)."""
+    append_rows(csv_path, pd.DataFrame([row]))
+
+
+def append_rows(csv_path: str | Path, rows: pd.DataFrame) -> None:
+    """Appends a table's rows to a results CSV (header written with the first rows)."""
     path = Path(csv_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame([row]).to_csv(path, mode="a", header=not path.is_file(), index=False)
+    rows.to_csv(path, mode="a", header=not path.is_file(), index=False)
 
 
 def load_result(name: str) -> pd.DataFrame:
