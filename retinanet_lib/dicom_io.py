@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import warnings
 from pathlib import Path
 
@@ -105,11 +106,17 @@ def read_dicom_header(path: str | Path) -> Dataset:
     return _read_dataset(Path(path), stop_before_pixels=True)[0]
 
 
+#: `warnings.catch_warnings` swaps process-wide state: two threads inside it at once (e.g.
+#: `rejects.verify_dicoms`) can restore each other's handlers and let a warning escape to stderr.
+#: Writers take it too. Parsing holds the GIL anyway; pixel decoding runs outside the lock.
+_WARNINGS_LOCK = threading.Lock()
+
+
 def _read_dataset(path: Path, stop_before_pixels: bool = False) -> tuple[Dataset, str]:
     """Reads a file. pydicom's warnings about it (e.g. a truncated file) are returned, not
     printed: `_check_single_image` puts them in its error if the image turns out unusable."""
     try:
-        with warnings.catch_warnings(record=True) as caught:
+        with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             dataset = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except FileNotFoundError as error:
@@ -432,7 +439,7 @@ def write_dicom_image(
         dataset.PixelData = pixels.tobytes()
         dataset["PixelData"].VR = "OB" if bits == 8 else "OW"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error")  # a malformed element must not pass silently
         dataset.save_as(path, enforce_file_format=True)
     return path

@@ -55,3 +55,22 @@ def test_verify_names_exactly_the_bad_files(tmp_path):
     log = verify_dicoms([*paths, missing], workers=3, progress=False)
     assert log.table()["file"].tolist() == sorted(str(p) for p in (paths[1], paths[4], missing))
     assert all(error.startswith("DicomReadError") for error in log.table()["error"])
+
+
+def test_parallel_checks_keep_every_pydicom_warning_in_the_log(tmp_path, recwarn):
+    """`warnings.catch_warnings` is process-wide: without the lock in `dicom_io`, one thread
+    restores another's handlers and a truncated file's warning escapes (to stderr in a
+    notebook) instead of being named in that file's error. Many truncated files in 8 threads
+    make the race near-certain; each error must name the end-of-file warning."""
+    write_synthetic_rsna(tmp_path, SyntheticConfig(num_train=2, num_test=0, image_size=128), False)
+    whole = sorted((tmp_path / "stage_2_train_images").glob("*.dcm"))[0].read_bytes()
+    paths = []
+    for k in range(64):
+        path = tmp_path / f"truncated-{k}.dcm"
+        path.write_bytes(whole[:3000])  # the pixel data element never ends
+        paths.append(path)
+    log = verify_dicoms(paths, workers=8, progress=False)
+    errors = log.table()["error"]
+    assert len(errors) == 64
+    assert errors.str.contains("End of file reached before delimiter").all()
+    assert not [w for w in recwarn if "End of file" in str(w.message)]
