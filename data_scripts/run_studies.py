@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import subprocess
 import time
@@ -56,13 +55,16 @@ from retinanet_lib.evaluate import (  # noqa: E402
     score_at,
 )
 from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
-from retinanet_lib.splits import DataSplits, load_splits  # noqa: E402
+from retinanet_lib.splits import DataSplits, load_splits, load_upper_zone_test  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
+    anchor_coverage,
     append_row,
     append_rows,
+    config_id,
     done_runs,
     moved_validation_scores,
+    records_scores,
     run_arm,
 )
 
@@ -136,8 +138,20 @@ LOSS_ARMS: dict[str, Arm] = {
     ),
 }
 
+
+def _halved_anchors(cfg: RetinaNetConfig) -> RetinaNetConfig:
+    """128 px with every anchor half the size: the anchors keep their size relative to the
+    image (and to the opacities) when the input is halved, as they do when the blog's 512 px
+    model meets a 1024 px image shrunk to 512."""
+    sizes = tuple(size / 2 for size in cfg.anchors.base_sizes)
+    return dataclasses.replace(
+        _set(cfg, "anchors", base_sizes=sizes), image_size=cfg.image_size // 2
+    )
+
+
 RESOLUTION_ARMS: dict[str, Arm] = {
     "128 px": lambda cfg, splits: dataclasses.replace(cfg, image_size=128),
+    "128 px, anchors halved": lambda cfg, splits: _halved_anchors(cfg),
     "256 px": lambda cfg, splits: dataclasses.replace(cfg, image_size=256),
 }
 
@@ -181,13 +195,14 @@ FINAL_ARMS: dict[str, Arm] = {
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),
     "loss": (LOSS_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
-    "resolution": (RESOLUTION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
-    "augmentation": (AUGMENTATION_ARMS, (0, 1), lambda: config_for_mode("cpu")),
+    "resolution": (RESOLUTION_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
+    "augmentation": (AUGMENTATION_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "final": (FINAL_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "batch": (BATCH_ARMS, (0, 1, 2, 3, 4), _batch_base),
 }
-#: Studies that also write every validation image's score (`<study>_per_image.csv`).
-PER_IMAGE_STUDIES = ("batch",)
+#: Studies written by older code, before rows carried `commit` and `config_id` and every
+#: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
+LEGACY_STUDIES = ("recipe", "loss", "final", "batch")
 
 
 def _commit() -> str:
@@ -207,17 +222,39 @@ def _commit() -> str:
     return head.stdout.strip() + ("+changes" if dirty else "")
 
 
-def _moved_scores(model, cfg, validation, threshold) -> dict:
-    moved = moved_validation_scores(model, cfg, validation, threshold, MOVE)
+def _position_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
+    """The position-bias tests, at the run's threshold (chosen on the training split):
+    the validation images moved (whole-image flip, rotation and shift, with black bands),
+    and the upper-zone test images, whose opacities the generator itself put where the
+    training data never has them (nothing moved)."""
+    threshold = result.row["score_threshold"]
+    validation = predict_split(result.model, splits.validation, cfg, keep_images=True)
+    moved = moved_validation_scores(result.model, cfg, validation, threshold, MOVE)
+    upper = records_scores(result.model, cfg, load_upper_zone_test(), threshold)
     return {
         "moved_rsna_metric": round(moved.rsna_metric, 4),
+        "moved_precision": round(moved.precision, 4),
         "moved_recall": round(moved.recall, 4),
+        "upper_rsna_metric": round(upper.rsna_metric, 4),
+        "upper_precision": round(upper.precision, 4),
+        "upper_recall": round(upper.recall, 4),
     }
 
 
-def _test_scores(model, cfg, validation, _threshold, splits: DataSplits) -> dict:
+def _coverage(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
+    """How the anchors fit the training boxes at this input size (no training involved)."""
+    coverage = anchor_coverage(splits.train, cfg)
+    return {
+        "train_boxes": len(coverage),
+        "train_boxes_without_anchor": int((coverage["best_iou"] < cfg.encoder.match_iou).sum()),
+        "positive_anchors_per_box": round(float(coverage["anchors_at_match_iou"].mean()), 2),
+    }
+
+
+def _test_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
     """The final numbers, by `data_scripts/train.py`'s rule: the threshold chosen on the
     validation split, the test split scored once at it, with a bootstrap interval."""
+    model, validation = result.model, result.validation
     threshold, _ = choose_score_threshold(validation.predictions, validation.gt_boxes_xyxy, cfg)
     test = predict_split(model, splits.test, cfg)
     scores = score_at(test.predictions, test.gt_boxes_xyxy, cfg, threshold)
@@ -281,8 +318,30 @@ def _loss_extras(name: str, seed: int, result: ArmResult, cfg: RetinaNetConfig) 
         )
 
 
-def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Path:
+#: Extra columns of a study, from the trained run: `(result, cfg, splits) -> dict`.
+EXTRA_COLUMNS = {
+    "augmentation": _position_scores,
+    "resolution": _coverage,
+    "final": _test_scores,
+}
+
+
+def run_study(
+    study: str,
+    seeds: tuple[int, ...],
+    only: list[str] | None,
+    runs: dict[tuple[str, int], ArmResult] | None = None,
+) -> Path:
+    """Runs the missing (arm, seed) rows of one study and appends them to its CSVs.
+
+    `runs` holds the training runs already made in this process, by `(config_id, seed)`:
+    an arm whose configuration another study (or arm) has already trained with that seed
+    reuses that run instead of training the same thing again, so one run gives one row
+    wherever it appears. (A retrained copy would give the same numbers:
+    `tests/test_train.py` checks that training repeats exactly for a seed.)
+    """
     arms, _, make_base = STUDIES[study]
+    runs = {} if runs is None else runs
     base = make_base()
     splits = load_splits("cpu", base)
     csv_path = RESULTS / f"{study}.csv"
@@ -294,38 +353,34 @@ def run_study(study: str, seeds: tuple[int, ...], only: list[str] | None) -> Pat
                 continue
             cfg = make_cfg(base, splits)
             start = time.perf_counter()
-            extra = {
-                "augmentation": _moved_scores,
-                "final": functools.partial(_test_scores, splits=splits),
-            }
-            result = run_arm(
-                name,
-                cfg,
-                splits,
-                seed,
-                first_steps=FIRST_STEPS if study == "loss" else 0,
-                extra_scores=extra.get(study),
-            )
-            if study in PER_IMAGE_STUDIES:
-                append_row(csv_path, {**result.row, "commit": commit})
-                _write_per_image(RESULTS / f"{study}_per_image.csv", result, splits)
-            else:
-                append_row(csv_path, result.row)
+            key = (config_id(cfg), seed)
+            reused = key in runs
+            if not reused:
+                runs[key] = run_arm(name, cfg, splits, seed, first_steps=FIRST_STEPS)
+            result = runs[key]
+            seeded = result_cfg(cfg, seed)
+            row = {**result.row, "arm": name}
+            if study in EXTRA_COLUMNS:
+                row.update(EXTRA_COLUMNS[study](result, seeded, splits))
+            row["commit"] = commit
+            append_row(csv_path, row)
+            _write_per_image(RESULTS / f"{study}_per_image.csv", name, result, splits)
             if study == "loss":
-                _loss_extras(name, seed, result, result_cfg(cfg, seed))
+                _loss_extras(name, seed, result, seeded)
             if study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done:
-                append_row(csv_path, _flip_tta_row(result, result_cfg(cfg, seed), splits))
+                append_row(csv_path, {**_flip_tta_row(result, seeded, splits), "commit": commit})
             elapsed = time.perf_counter() - start
-            print(f"{study} | {name} | seed {seed}: {result.row} ({elapsed:.0f} s)", flush=True)
+            how = "reused" if reused else "trained"
+            print(f"{study} | {name} | seed {seed} ({how}, {elapsed:.0f} s): {row}", flush=True)
     return csv_path
 
 
-def _write_per_image(csv_path: Path, result: ArmResult, splits: DataSplits) -> None:
+def _write_per_image(csv_path: Path, arm: str, result: ArmResult, splits: DataSplits) -> None:
     """One row per validation image: its file name and RSNA score (empty when not counted)."""
     names = [Path(splits.validation.paths[i]).stem for i in result.validation.indices]
     table = pd.DataFrame(
         {
-            "arm": result.row["arm"],
+            "arm": arm,
             "seed": result.row["seed"],
             "image": names,
             "rsna_score": np.round(result.per_image, 4),
@@ -341,13 +396,15 @@ def result_cfg(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", choices=sorted(STUDIES))
+    parser.add_argument("studies", nargs="+", choices=sorted(STUDIES), metavar="study")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", default=None, help="only these arms")
     args = parser.parse_args(argv)
-    seeds = tuple(args.seeds) if args.seeds else STUDIES[args.study][1]
-    path = run_study(args.study, seeds, args.arms)
-    print(f"results in {path}")
+    runs: dict[tuple[str, int], ArmResult] = {}  # shared: a run is trained once
+    for study in args.studies:
+        seeds = tuple(args.seeds) if args.seeds else STUDIES[study][1]
+        path = run_study(study, seeds, args.arms, runs)
+        print(f"results in {path}")
     return 0
 
 

@@ -541,6 +541,10 @@ def describe_setup(cfg: RetinaNetConfig) -> dict[str, str]:
     }
 
 
+#: Opacity placements of the synthetic generator (`synthetic.OPACITY_ZONES` holds the ranges).
+OPACITY_ZONE_NAMES = ("lower", "upper")
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Settings of the synthetic RSNA-format data set (see `retinanet_lib.synthetic`).
@@ -560,6 +564,8 @@ class SyntheticConfig:
         opacity_strength_range: Added brightness of an opacity (image scale 0..1).
         clutter_fraction: Share of negatives carrying faint lung-like clutter.
         clutter_strength_range: Added brightness of clutter blobs (fainter than opacities).
+        opacity_zone: Where opacity centres sit: `"lower"` (RSNA's bias to the lower zones)
+            or `"upper"` (a zone the default never uses: see `synthetic.OPACITY_ZONES`).
         noise_std_range: Standard deviation of the pixel noise (image scale 0..1).
         compression: `"jpeg"` (JPEG baseline, as RSNA) or `"none"`.
         jpeg_quality: Pillow JPEG quality.
@@ -580,6 +586,7 @@ class SyntheticConfig:
     opacity_strength_range: tuple[float, float] = (0.12, 0.26)
     clutter_fraction: float = 0.5
     clutter_strength_range: tuple[float, float] = (0.03, 0.07)
+    opacity_zone: str = "lower"
     noise_std_range: tuple[float, float] = (0.01, 0.03)
     compression: str = "jpeg"
     jpeg_quality: int = 90
@@ -610,3 +617,7 @@ class SyntheticConfig:
             raise ValueError(f"box_side_range must be 0 < low < high, got {self.box_side_range}.")
         if self.compression not in ("jpeg", "none"):
             raise ValueError(f"compression must be 'jpeg' or 'none', got {self.compression!r}.")
+        if self.opacity_zone not in OPACITY_ZONE_NAMES:
+            raise ValueError(
+                f"opacity_zone must be one of {OPACITY_ZONE_NAMES}, got {self.opacity_zone!r}."
+            )

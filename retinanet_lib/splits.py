@@ -35,7 +35,7 @@ from retinanet_lib.rsna import (
 )
 from retinanet_lib.synthetic import ensure_synthetic_rsna
 
-__all__ = ["DataSplits", "load_splits", "prepare_data"]
+__all__ = ["DataSplits", "load_splits", "load_upper_zone_test", "prepare_data"]
 
 
 def prepare_data(mode: str, synthetic_cfg: SyntheticConfig | None = None) -> Path:
@@ -57,6 +57,29 @@ def prepare_data(mode: str, synthetic_cfg: SyntheticConfig | None = None) -> Pat
     if check_rsna_layout(root) and not check_rsna_layout(root / "rsna"):
         root = root / "rsna"
     return require_rsna_layout(root)
+
+
+#: The position-bias test set: as many images as the synthetic test split, drawn like it (same
+#: anatomy, opacity sizes, share of positive images, exposure and noise) from a seed of their
+#: own, with the opacities centred in the upper lung zones, where the default never puts them.
+UPPER_ZONE_TEST = SyntheticConfig(num_train=1, num_test=300, opacity_zone="upper", test_seed=2)
+
+
+def load_upper_zone_test(synthetic_cfg: SyntheticConfig = UPPER_ZONE_TEST) -> Records:
+    """Labelled synthetic test images whose opacities sit where the training data has none.
+
+    Generated on first use in `data_root() / "synthetic_upper_zone"` (about 15 s) and reused.
+    Nothing is shifted or rotated: the generator itself places the opacities, so the images
+    have the statistics of the ordinary test split and differ only in where the opacities are.
+
+    Returns:
+        The test records (the folder's one training image is not used).
+    """
+    root = ensure_synthetic_rsna(
+        data_root() / "synthetic_upper_zone", synthetic_cfg, progress=False
+    )
+    labels = load_rsna_labels(root / TEST_LABELS_FILE)
+    return make_records(root, labels, labels.patient_ids, folder=TEST_IMAGES)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ IoU 0.5). The test split is never used here.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,8 +28,10 @@ import keras
 import numpy as np
 import pandas as pd
 
-from retinanet_lib.anchors import anchor_level_ids
+from retinanet_lib.anchors import anchor_level_ids, generate_anchors
+from retinanet_lib.boxes import pairwise_iou, xywh_to_xyxy
 from retinanet_lib.config import BACKGROUND_CLASS, IGNORE_CLASS, DataConfig, RetinaNetConfig
+from retinanet_lib.dicom_io import read_dicom_header
 from retinanet_lib.encoding import split_targets
 from retinanet_lib.evaluate import (
     SplitPredictions,
@@ -46,6 +50,9 @@ from retinanet_lib.train import set_seed, train_retinanet
 __all__ = [
     "ArmResult",
     "anchor_counts",
+    "anchor_coverage",
+    "config_id",
+    "records_scores",
     "FirstStepsLoss",
     "RESULTS_PACKAGE",
     "append_row",
@@ -89,6 +96,21 @@ class FirstStepsLoss(keras.callbacks.Callback):
         self._previous_mean = mean
 
 
+def config_id(cfg: RetinaNetConfig) -> str:
+    """A short fingerprint of everything a run's result depends on in its config.
+
+    Two rows of the results CSVs with the same `config_id` and seed describe the same training
+    run, whatever the study and the arm's name; `tests/test_studies.py` checks that the
+    committed CSVs agree wherever that happens. The seed is left out (it has its own column).
+
+    Returns:
+        12 hex digits of the SHA-1 of the config as sorted JSON.
+    """
+    fields = dataclasses.asdict(with_seed(cfg, 0))
+    text = json.dumps(fields, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def with_seed(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:
     """`cfg` with training seed `seed` (weights, data order, augmentation); same data split."""
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
@@ -100,7 +122,8 @@ class ArmResult:
 
     Attributes:
         row: The CSV row: `arm`, `seed`, `rsna_metric`, `precision`, `recall`, `ap50`,
-            `score_threshold`, `train_seconds`, `best_epoch`, `val_images`, `data`.
+            `score_threshold`, `train_seconds`, `best_epoch`, `val_images`, `data`,
+            `config_id` (`config_id(cfg)`: equal for the same training run in any study).
         model: The trained model (best validation-loss weights).
         history: Per-epoch losses.
         first_losses: Training loss of the first steps (when asked for).
@@ -176,6 +199,7 @@ def run_arm(
         "best_epoch": int(np.nanargmin(val_loss)) + 1,
         "val_images": len(validation),
         "data": splits.data_name,
+        "config_id": config_id(cfg),
     }
     if extra_scores is not None:
         row.update(extra_scores(result.model, cfg, validation, threshold))
@@ -221,6 +245,54 @@ def anchor_counts(
     table = pd.DataFrame(np.concatenate(rows), columns=names)
     table.insert(3, "gt_boxes", [len(boxes) for boxes in records.boxes_xywh])
     return table
+
+
+def anchor_coverage(records: Records, cfg: RetinaNetConfig) -> pd.DataFrame:
+    """How well the anchors of `cfg` fit the ground-truth boxes of `records`, box by box.
+
+    The boxes are scaled to the input as the pipeline scales them (each file's own size,
+    read from its DICOM header). A box whose best anchor stays below `cfg.encoder.match_iou`
+    gets no positive anchor, so no box-regression signal (unless `match_low_quality`). The
+    synthetic boxes of one image never overlap, so `anchors_at_match_iou` is also the number
+    of positive anchors the encoder gives the box.
+
+    Args:
+        records: Images and their boxes (original pixels).
+        cfg: Input size, anchors and matching thresholds.
+
+    Returns:
+        One row per box: `image` (index into `records`), `best_iou`, `anchors_at_match_iou`.
+    """
+    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    rows = []
+    for index, (path, boxes_xywh) in enumerate(zip(records.paths, records.boxes_xywh, strict=True)):
+        if len(boxes_xywh) == 0:
+            continue
+        header = read_dicom_header(path)
+        scale_xy = np.array([cfg.image_size / header.Columns, cfg.image_size / header.Rows])
+        boxes_xyxy = np.asarray(xywh_to_xyxy(np.asarray(boxes_xywh, np.float32)))
+        boxes_xyxy = boxes_xyxy * np.tile(scale_xy, 2).astype(np.float32)
+        iou = np.asarray(pairwise_iou(boxes_xyxy, anchors_xyxy))  # (G, A)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "image": index,
+                    "best_iou": iou.max(axis=1),
+                    "anchors_at_match_iou": (iou >= cfg.encoder.match_iou).sum(axis=1),
+                }
+            )
+        )
+    columns = ["image", "best_iou", "anchors_at_match_iou"]
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+
+
+def records_scores(
+    model: keras.Model, cfg: RetinaNetConfig, records: Records, threshold: float
+) -> DetectionScores:
+    """RSNA metric, precision and recall of `model` on any labelled `records` at `threshold`
+    (e.g. synthetic images whose opacities sit where the training split never has them)."""
+    split = predict_split(model, records, cfg)
+    return score_at(split.predictions, split.gt_boxes_xyxy, cfg, threshold)
 
 
 def first_steps_losses(

@@ -61,6 +61,12 @@ _BODY_AXES = (0.92, 1.25)  # half-width, half-height of the torso ellipse
 _LUNG_CENTER_X = 0.40
 _LUNG_CENTER_Y = -0.02
 _LUNG_AXES = (0.30, 0.62)  # half-width, half-height of each lung field
+#: Where opacity centres are drawn, as a range of heights in units of the lung's half-height
+#: (-1 apex, +1 base). "lower" is RSNA's bias to the lower zones and the data set's default;
+#: "upper" never overlaps it, so a model trained on the default has never seen an opacity
+#: centred there (the position-bias study's test images).
+OPACITY_ZONES = {"lower": (-0.2, 0.6), "upper": (-0.9, -0.45)}
+_WHOLE_LUNG = (-0.6, 0.6)  # faint clutter on negative images
 _APEX_NARROWING = 0.35  # the lung is this much narrower at its top than at mid-height
 _HEART_CENTER = (0.12, 0.36)
 _HEART_AXES = (0.34, 0.27)
@@ -267,10 +273,11 @@ def _sample_box_size(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[fl
     )
 
 
-def _lung_point(rng: np.random.Generator, side: float, size: int, lower_bias: bool) -> tuple:
-    """A pixel position inside one lung field (biased to the lower zones, as in RSNA)."""
+def _lung_point(rng: np.random.Generator, side: float, size: int, zone: str) -> tuple:
+    """A pixel position inside one lung field, its height drawn from `zone` (a key of
+    `OPACITY_ZONES`, or `"any"` for the whole lung)."""
     u = rng.uniform(-0.55, 0.55)
-    v = rng.uniform(-0.2, 0.6) if lower_bias else rng.uniform(-0.6, 0.6)
+    v = rng.uniform(*(OPACITY_ZONES.get(zone, _WHOLE_LUNG)))
     x = side * _LUNG_CENTER_X + u * _LUNG_AXES[0]
     y = _LUNG_CENTER_Y + v * _LUNG_AXES[1]
     return (x + 1.0) / 2.0 * size, (y + 1.0) / 2.0 * size
@@ -296,7 +303,7 @@ def make_phantom(rng: np.random.Generator, cfg: SyntheticConfig, positive: bool)
         for side in sides:
             for _ in range(_PLACEMENT_TRIES):  # RSNA boxes of one image rarely overlap
                 width, height = _sample_box_size(rng, cfg)
-                center = _lung_point(rng, side, size, lower_bias=True)
+                center = _lung_point(rng, side, size, cfg.opacity_zone)
                 strength = rng.uniform(*cfg.opacity_strength_range)
                 blob = _blob(lungs, center, (width / 2, height / 2), strength, rng)
                 if blob is not None and not _overlaps(blob[0], boxes_xyxy):
@@ -308,7 +315,7 @@ def make_phantom(rng: np.random.Generator, cfg: SyntheticConfig, positive: bool)
         for _ in range(int(rng.integers(1, 4))):
             side = (-1.0, 1.0)[int(rng.integers(2))]
             radius = rng.uniform(15, 60) * size / 1024.0
-            center = _lung_point(rng, side, size, lower_bias=False)
+            center = _lung_point(rng, side, size, "any")
             blob = _blob(
                 lungs,
                 center,

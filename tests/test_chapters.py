@@ -14,6 +14,8 @@ CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
 MAX_LINE = 79  # the rendered column at a 1280 px window
 MAX_SETUP_LINES = 12
 MAX_SETUP_NAMES = 18  # modules and a few functions, not 20-odd names
+#: One thread per chapter: "about 40 cells"; engineering asides live on the Running at scale page.
+MAX_CELLS = 45
 
 
 def notebook(path):
@@ -60,6 +62,15 @@ def test_setup_is_short_and_the_install_cell_is_collapsed(path):
         for alias in node.names
     ]
     assert len(names) <= MAX_SETUP_NAMES, f"import modules, not {len(names)} names"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_a_chapter_stays_one_readable_thread(path):
+    cells = notebook(path).cells
+    assert len(cells) <= MAX_CELLS, f"{len(cells)} cells: move asides to Running at scale"
+    markdown = [c.source for c in cells if c.cell_type == "markdown"]
+    assert "What you will learn" in markdown[0], "it opens with what it will build"
+    assert any("## Summary" in m for m in markdown[-2:]), "and ends with what was learnt"
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

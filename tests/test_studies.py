@@ -140,3 +140,47 @@ def test_paired_difference_aligns_seeds_and_images_whatever_the_row_order():
         paired_difference(table[~((table["arm"] == "B") & (table["seed"] == 2))], "A", "B")
     with pytest.raises(ValueError, match="No per-image rows"):
         paired_difference(table, "A", "C")
+
+
+def _iou_by_hand(a, b):
+    """IoU of two xyxy boxes, the slow obvious way."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(width, 0.0) * max(height, 0.0)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def test_anchor_coverage_against_a_loop_and_the_encoder(tmp_path):
+    from retinanet_lib.anchors import generate_anchors
+    from retinanet_lib.config import SyntheticConfig
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import anchor_counts, anchor_coverage
+    from retinanet_lib.synthetic import write_synthetic_rsna
+
+    synthetic = SyntheticConfig(num_train=8, num_test=1, seed=4, image_size=512)
+    write_synthetic_rsna(tmp_path, synthetic, False)
+    cfg = dataclasses.replace(config_for_mode("cpu"), image_size=128)
+    records = load_splits("cpu", cfg, data_root=tmp_path).train
+    coverage = anchor_coverage(records, cfg)
+    num_boxes = sum(len(b) for b in records.boxes_xywh)
+    assert len(coverage) == num_boxes > 0
+    anchors_xyxy = generate_anchors(128, 128, cfg.anchors).numpy()
+    scale = 128 / 512  # the pipeline's resize factor for these 512 px files
+    for row in coverage.itertuples():
+        box_index = row.Index - int(
+            sum(len(b) for b in records.boxes_xywh[: row.image])
+        )  # rows are box by box, image by image
+        x, y, w, h = records.boxes_xywh[row.image][box_index] * scale
+        ious = [_iou_by_hand((x, y, x + w, y + h), anchor) for anchor in anchors_xyxy]
+        assert row.best_iou == pytest.approx(max(ious), abs=1e-5)
+        assert row.anchors_at_match_iou == sum(iou >= cfg.encoder.match_iou for iou in ious)
+    # Synthetic boxes never overlap, so the count is also the encoder's positive anchors.
+    per_image = coverage.groupby("image")["anchors_at_match_iou"].sum()
+    positives = anchor_counts(records, cfg)["positive"]
+    assert per_image.to_dict() == {i: positives[i] for i in per_image.index}
+    # Halving the input without halving the anchors leaves small boxes without any anchor.
+    small = dataclasses.replace(cfg, image_size=64)
+    assert (anchor_coverage(records, small)["best_iou"] < 0.5).sum() >= (
+        coverage["best_iou"] < 0.5
+    ).sum()

@@ -148,3 +148,27 @@ def test_the_test_split_is_labelled_and_drawn_from_its_own_seed(small_root, tmp_
     assert load_rsna_labels(tmp_path / "b" / "stage_2_test_labels.csv").patient_ids != (
         test_labels.patient_ids
     )
+
+
+def test_upper_zone_opacities_sit_above_every_default_one():
+    """The position-bias test images: same generator, opacity centres moved up only."""
+    from retinanet_lib.config import OPACITY_ZONE_NAMES
+    from retinanet_lib.synthetic import OPACITY_ZONES
+
+    assert set(OPACITY_ZONES) == set(OPACITY_ZONE_NAMES)
+    low, high = OPACITY_ZONES["lower"]
+    assert OPACITY_ZONES["upper"][1] < low  # the two ranges of heights never overlap
+    centres = {}
+    for zone in OPACITY_ZONE_NAMES:
+        cfg = SyntheticConfig(opacity_zone=zone, image_size=256)
+        boxes = [
+            make_phantom(np.random.default_rng([7, i]), cfg, positive=True).boxes_xywh
+            for i in range(30)
+        ]
+        boxes = np.concatenate(boxes)
+        centres[zone] = (boxes[:, 1] + boxes[:, 3] / 2) / 256
+        assert len(boxes) >= 30  # every positive phantom still gets its opacities
+    assert np.median(centres["upper"]) < np.min(centres["lower"]) + 0.05
+    assert np.median(centres["upper"]) < np.median(centres["lower"]) - 0.15
+    with pytest.raises(ValueError, match="opacity_zone"):
+        SyntheticConfig(opacity_zone="left")

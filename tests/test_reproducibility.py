@@ -1,0 +1,149 @@
+"""One configuration and one seed give one result: in a fresh process, after another model in
+the same process, and in every committed study CSV that holds that run."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+import textwrap
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from retinanet_lib.config import SyntheticConfig, TrainConfig, config_for_mode
+from retinanet_lib.studies import RESULTS_PACKAGE, config_id, with_seed
+
+#: The CPU default (augmentation, shuffling, Adam with its schedule) made small: 64 px, 2
+#: epochs of 12 images.
+SHORT = dataclasses.replace(
+    config_for_mode("cpu"),
+    image_size=64,
+    train=dataclasses.replace(
+        config_for_mode("cpu").train, epochs=2, epochs_per_drop=1, batch_size=4
+    ),
+)
+#: Columns that a repeated run must reproduce exactly (`train_seconds` is wall time).
+RUN_COLUMNS = ["rsna_metric", "precision", "recall", "ap50", "score_threshold", "best_epoch"]
+
+_RUN_ONE = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    from retinanet_lib.config import RetinaNetConfig
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import run_arm
+
+    cfg = RetinaNetConfig.from_dict(json.loads(sys.argv[1]))
+    splits = load_splits("cpu", cfg, data_root=sys.argv[2])
+    result = run_arm("short", cfg, splits, seed=int(sys.argv[3]))
+    print(json.dumps({"history": result.history, "row": result.row}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def short_data(tmp_path_factory):
+    from retinanet_lib.synthetic import write_synthetic_rsna
+
+    root = tmp_path_factory.mktemp("short_data")
+    write_synthetic_rsna(root, SyntheticConfig(num_train=16, num_test=1, image_size=128), False)
+    return root
+
+
+def _in_process(cfg, root, seed):
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import run_arm
+
+    result = run_arm("short", cfg, load_splits("cpu", cfg, data_root=root), seed=seed)
+    return {"history": result.history, "row": result.row}
+
+
+def _fresh_process(cfg, root, seed):
+    completed = subprocess.run(
+        [sys.executable, "-c", _RUN_ONE, json.dumps(cfg.to_dict()), str(root), str(seed)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_run_repeats_exactly_in_a_fresh_process_and_after_another_model(short_data):
+    first = _in_process(SHORT, short_data, seed=3)
+    other = dataclasses.replace(SHORT, image_size=128)  # another model first
+    _in_process(other, short_data, seed=5)
+    again = _in_process(SHORT, short_data, seed=3)
+    fresh = _fresh_process(SHORT, short_data, seed=3)
+    for run in (again, fresh):
+        assert run["history"] == first["history"]  # every epoch's losses, bit for bit
+        assert {k: run["row"][k] for k in RUN_COLUMNS} == {k: first["row"][k] for k in RUN_COLUMNS}
+    different_seed = _in_process(SHORT, short_data, seed=4)
+    assert different_seed["history"] != first["history"]  # the seed does reach training
+
+
+def test_config_id_names_the_training_run_not_the_seed():
+    cfg = config_for_mode("cpu")
+    assert config_id(cfg) == config_id(with_seed(cfg, 9))
+    assert len(config_id(cfg)) == 12 and int(config_id(cfg), 16) >= 0
+    changed = [
+        dataclasses.replace(cfg, image_size=128),
+        dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gamma=1.0)),
+        dataclasses.replace(cfg, train=TrainConfig(epochs=cfg.train.epochs + 1)),
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, horizontal_flip=False)),
+    ]
+    ids = {config_id(c) for c in changed}
+    assert len(ids) == len(changed) and config_id(cfg) not in ids
+    rebuilt = type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert config_id(rebuilt) == config_id(cfg)  # stable through a run folder's JSON
+
+
+def _committed_tables():
+    folder = resources.files(RESULTS_PACKAGE)
+    tables = {}
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.endswith(".csv") and "_" not in name.removesuffix(".csv"):
+            with entry.open() as handle:
+                tables[name.removesuffix(".csv")] = pd.read_csv(handle)
+    return tables
+
+
+def test_committed_studies_agree_wherever_they_hold_the_same_run():
+    """Rows with the same configuration (`config_id`) and seed must carry the same numbers,
+    whichever study and arm name they appear under, and name the commit they came from."""
+    from data_scripts.run_studies import LEGACY_STUDIES, STUDIES
+
+    tables = _committed_tables()
+    assert set(tables) <= set(STUDIES)
+    current = {name: t for name, t in tables.items() if name not in LEGACY_STUDIES}
+    rows = []
+    for name, table in current.items():
+        assert {"config_id", "commit"} <= set(table.columns), f"{name}.csv lacks them"
+        assert not table["commit"].astype(str).str.contains(r"\+changes").any(), name
+        rows.append(table.assign(study=name)[["study", "arm", "seed", "config_id", *RUN_COLUMNS]])
+    everything = pd.concat(rows, ignore_index=True)
+    shared = everything.groupby(["config_id", "seed"]).filter(lambda g: len(g) > 1)
+    assert shared["study"].nunique() >= 3, "the CPU default appears in several studies"
+    for (_, seed), group in shared.groupby(["config_id", "seed"]):
+        values = group[RUN_COLUMNS].drop_duplicates()
+        assert len(values) == 1, f"seed {seed} differs between {group[['study', 'arm']]}"
+
+
+def test_every_study_with_paired_claims_has_its_per_image_scores():
+    from data_scripts.run_studies import LEGACY_STUDIES
+
+    folder = resources.files(RESULTS_PACKAGE)
+    for name, table in _committed_tables().items():
+        if name in LEGACY_STUDIES:
+            continue
+        with (folder / f"{name}_per_image.csv").open() as handle:
+            per_image = pd.read_csv(handle)
+        runs = set(zip(table["arm"], table["seed"], strict=True))
+        assert set(zip(per_image["arm"], per_image["seed"], strict=True)) == runs, name
+        counts = per_image.groupby(["arm", "seed"]).size()
+        assert (counts == table["val_images"].iloc[0]).all(), name
+        scores = per_image["rsna_score"].dropna()
+        assert ((scores >= 0) & (scores <= 1)).all() and np.isfinite(scores).all()
