@@ -202,7 +202,7 @@ STUDIES = {  # arms, seeds, base configuration
 }
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
-LEGACY_STUDIES = ("recipe", "loss", "final", "batch")
+LEGACY_STUDIES = ("recipe", "loss", "batch")
 
 
 def _commit() -> str:
