@@ -54,7 +54,7 @@ from retinanet_lib.evaluate import (  # noqa: E402
     predict_split,
     score_at,
 )
-from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
+from retinanet_lib.metrics import DetectionScores, bootstrap_interval  # noqa: E402
 from retinanet_lib.splits import DataSplits, load_splits, load_upper_zone_test  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
@@ -64,7 +64,6 @@ from retinanet_lib.studies import (  # noqa: E402
     config_id,
     done_runs,
     moved_validation_scores,
-    records_scores,
     run_arm,
 )
 
@@ -222,7 +221,20 @@ def _commit() -> str:
     return head.stdout.strip() + ("+changes" if dirty else "")
 
 
-def _position_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
+PerImage = dict[str, pd.DataFrame]  # CSV name suffix -> `image`, `rsna_score` columns
+
+
+def _per_image(names: list[str], scores: DetectionScores) -> pd.DataFrame:
+    return pd.DataFrame({"image": names, "rsna_score": np.round(scores.per_image, 4)})
+
+
+def _names(records, indices) -> list[str]:
+    return [Path(records.paths[i]).stem for i in indices]
+
+
+def _position_scores(
+    result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits
+) -> tuple[dict, PerImage]:
     """The position-bias tests, at the run's threshold (chosen on the training split):
     the validation images moved (whole-image flip, rotation and shift, with black bands),
     and the upper-zone test images, whose opacities the generator itself put where the
@@ -230,28 +242,39 @@ def _position_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits
     threshold = result.row["score_threshold"]
     validation = predict_split(result.model, splits.validation, cfg, keep_images=True)
     moved = moved_validation_scores(result.model, cfg, validation, threshold, MOVE)
-    upper = records_scores(result.model, cfg, load_upper_zone_test(), threshold)
-    return {
+    upper_records = load_upper_zone_test()
+    upper_split = predict_split(result.model, upper_records, cfg)
+    upper = score_at(upper_split.predictions, upper_split.gt_boxes_xyxy, cfg, threshold)
+    columns = {
         "moved_rsna_metric": round(moved.rsna_metric, 4),
         "moved_precision": round(moved.precision, 4),
         "moved_recall": round(moved.recall, 4),
         "upper_rsna_metric": round(upper.rsna_metric, 4),
         "upper_precision": round(upper.precision, 4),
         "upper_recall": round(upper.recall, 4),
+        "upper_images": len(upper_split),
     }
+    tables = {
+        "moved": _per_image(_names(splits.validation, validation.indices), moved),
+        "upper": _per_image(_names(upper_records, upper_split.indices), upper),
+    }
+    return columns, tables
 
 
-def _coverage(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
+def _coverage(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> tuple[dict, PerImage]:
     """How the anchors fit the training boxes at this input size (no training involved)."""
     coverage = anchor_coverage(splits.train, cfg)
-    return {
+    columns = {
         "train_boxes": len(coverage),
         "train_boxes_without_anchor": int((coverage["best_iou"] < cfg.encoder.match_iou).sum()),
         "positive_anchors_per_box": round(float(coverage["anchors_at_match_iou"].mean()), 2),
     }
+    return columns, {}
 
 
-def _test_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
+def _test_scores(
+    result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits
+) -> tuple[dict, PerImage]:
     """The final numbers, by `data_scripts/train.py`'s rule: the threshold chosen on the
     validation split, the test split scored once at it, with a bootstrap interval."""
     model, validation = result.model, result.validation
@@ -259,7 +282,7 @@ def _test_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) ->
     test = predict_split(model, splits.test, cfg)
     scores = score_at(test.predictions, test.gt_boxes_xyxy, cfg, threshold)
     low, high = bootstrap_interval(scores.per_image)
-    return {
+    columns = {
         "val_chosen_threshold": threshold,
         "test_rsna_metric": round(scores.rsna_metric, 4),
         "test_ci_low": round(low, 4),
@@ -268,6 +291,7 @@ def _test_scores(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) ->
         "test_recall": round(scores.recall, 4),
         "test_images": len(test),
     }
+    return columns, {"test": _per_image(_names(splits.test, test.indices), scores)}
 
 
 def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
@@ -318,7 +342,8 @@ def _loss_extras(name: str, seed: int, result: ArmResult, cfg: RetinaNetConfig) 
         )
 
 
-#: Extra columns of a study, from the trained run: `(result, cfg, splits) -> dict`.
+#: Extra columns of a study, from the trained run: `(result, cfg, splits) -> (columns, tables)`
+#: where `tables` are more per-image scores, written to `<study>_<suffix>_per_image.csv`.
 EXTRA_COLUMNS = {
     "augmentation": _position_scores,
     "resolution": _coverage,
@@ -360,11 +385,17 @@ def run_study(
             result = runs[key]
             seeded = result_cfg(cfg, seed)
             row = {**result.row, "arm": name}
+            tables: PerImage = {}
             if study in EXTRA_COLUMNS:
-                row.update(EXTRA_COLUMNS[study](result, seeded, splits))
+                columns, tables = EXTRA_COLUMNS[study](result, seeded, splits)
+                row.update(columns)
             row["commit"] = commit
             append_row(csv_path, row)
             _write_per_image(RESULTS / f"{study}_per_image.csv", name, result, splits)
+            for suffix, table in tables.items():  # the study's other per-image scores
+                table.insert(0, "seed", seed)
+                table.insert(0, "arm", name)
+                append_rows(RESULTS / f"{study}_{suffix}_per_image.csv", table)
             if study == "loss":
                 _loss_extras(name, seed, result, seeded)
             if study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done:

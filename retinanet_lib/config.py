@@ -483,7 +483,13 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
     if mode not in RUN_MODES:
         raise ValueError(f"Unknown run mode {mode!r}; use one of {RUN_MODES}.")
     if mode == "full":  # 26,684 decoded 512 px images (~7 GB) are cached on disk, not in RAM
-        return RetinaNetConfig(image_size=512, data=DataConfig(image_cache="disk"))
+        blog_data = DataConfig(  # the blog trained without augmentation
+            image_cache="disk",
+            horizontal_flip=False,
+            max_rotation_degrees=0.0,
+            max_shift_fraction=0.0,
+        )
+        return RetinaNetConfig(image_size=512, data=blog_data)
     cpu_model = ModelConfig(
         backbone="small_resnet",
         backbone_weights=None,
@@ -506,6 +512,15 @@ def _format_rate(rate: float) -> str:
     """`5e-4`, `2.5e-5`: a learning rate the way papers write it."""
     mantissa, exponent = f"{rate:.3e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _describe_augmentation(data: DataConfig) -> str:
+    parts = ["horizontal flips"] if data.horizontal_flip else []
+    if data.max_rotation_degrees > 0:
+        parts.append(f"rotations up to {data.max_rotation_degrees:g} degrees")
+    if data.max_shift_fraction > 0:
+        parts.append(f"shifts up to {data.max_shift_fraction:.0%}")
+    return ", ".join(parts) if parts else "none"
 
 
 def describe_setup(cfg: RetinaNetConfig) -> dict[str, str]:
@@ -536,6 +551,7 @@ def describe_setup(cfg: RetinaNetConfig) -> dict[str, str]:
         "optimizer": optimizer,
         "learning rate from epoch": schedule,
         "warm-up (epochs)": f"{train.warmup_epochs:g}",
+        "augmentation": _describe_augmentation(cfg.data),
         "batch size": str(train.batch_size),
         "epochs": str(train.epochs),
     }

@@ -1,4 +1,4 @@
-"""Per-pixel probability maps from scored boxes (the blog's heatmap).
+"""Per-pixel maps of mean box scores (the blog's heatmap).
 
 The blog's author dropped NMS and, for every pixel, averaged the scores of all boxes covering it:
 `heatmap = score_sum / divider`, where `divider` counts the boxes covering the pixel. Done with a
@@ -11,6 +11,10 @@ O(boxes x box area).
 
 Pixel `(row, col)` is covered by a box `(x0, y0, x1, y1)` when its centre `(col + 0.5, row + 0.5)`
 lies in `[x0, x1) x [y0, y1)`. Pixels covered by no box get 0.
+
+The blog reads the map as a probability of pneumonia. Its values are means of detector scores:
+sigmoid outputs trained by the focal loss, which are not calibrated probabilities, averaged over
+overlapping boxes. The book therefore calls it a map of mean box scores.
 """
 
 from __future__ import annotations
@@ -83,12 +87,12 @@ def score_heatmap(
     image_shape: tuple[int, int],
     reduce: str = "mean",
 ) -> np.ndarray:
-    """Per-pixel probability from scored boxes.
+    """Per-pixel mean (or score-weighted mean) of the scores of the boxes covering a pixel.
 
     Args:
         boxes_xyxy: `(N, 4)` boxes in `"xyxy"` pixels of the target image (decoded anchors of
             one image, typically without NMS).
-        scores: `(N,)` probabilities in [0, 1].
+        scores: `(N,)` box scores in [0, 1].
         image_shape: `(height, width)` of the map.
         reduce: One of `HEATMAP_REDUCTIONS`.
 
@@ -125,7 +129,7 @@ def score_heatmap_tf(
 
     Args:
         boxes_xyxy: `(B, N, 4)` boxes in pixels of the square `image_size` map.
-        scores: `(B, N)` probabilities.
+        scores: `(B, N)` box scores.
         image_size: Side of the map.
         reduce: One of `HEATMAP_REDUCTIONS`.
 

@@ -26,6 +26,8 @@ __all__ = ["SourceCode", "library_versions", "setup_notebook", "show_source"]
 FIGURE_DPI = 72
 #: Decimals pandas shows in the chapters' tables.
 TABLE_DECIMALS = 3
+#: Widest table cell shown in full (pandas cuts longer text with "...", e.g. a schedule).
+TABLE_MAX_COLWIDTH = 80
 _LIBRARY = "retinanet_lib"
 _FONT_SIZE = "0.8em"  # about 100 characters fit the book's column at a 1280 px window
 _STYLE = "default"
@@ -139,8 +141,8 @@ def library_versions() -> str:
 
 
 def setup_notebook() -> None:
-    """Common chapter set-up: modest figure resolution, tables with 3 decimals, and the
-    versions printed.
+    """Common chapter set-up: modest figure resolution, tables with 3 decimals and text cells
+    up to 80 characters, and the versions printed.
 
     Call it in a chapter's setup cell (TensorFlow's log settings must be made before
     TensorFlow is imported, so they stay in the cell above).
@@ -150,4 +152,5 @@ def setup_notebook() -> None:
 
     plt.rcParams.update({"figure.dpi": FIGURE_DPI, "savefig.dpi": FIGURE_DPI})
     pd.set_option("display.precision", TABLE_DECIMALS)
+    pd.set_option("display.max_colwidth", TABLE_MAX_COLWIDTH)
     print(library_versions())

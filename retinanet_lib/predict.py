@@ -48,7 +48,7 @@ class ImagePrediction:
         image: `(S, S)` uint8 model-input image (after CLAHE and resize).
         boxes_xyxy: `(n, 4)` detections in original-image pixels.
         scores: `(n,)` confidences, descending.
-        heatmap: `(S, S)` float32 per-pixel probability (no NMS), or `None`.
+        heatmap: `(S, S)` float32 map of mean box scores (no NMS), or `None`.
         input_to_original_scale: Factor from model-input to original pixels (x, y).
     """
 

@@ -52,7 +52,6 @@ __all__ = [
     "anchor_counts",
     "anchor_coverage",
     "config_id",
-    "records_scores",
     "FirstStepsLoss",
     "RESULTS_PACKAGE",
     "append_row",
@@ -284,15 +283,6 @@ def anchor_coverage(records: Records, cfg: RetinaNetConfig) -> pd.DataFrame:
         )
     columns = ["image", "best_iou", "anchors_at_match_iou"]
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
-
-
-def records_scores(
-    model: keras.Model, cfg: RetinaNetConfig, records: Records, threshold: float
-) -> DetectionScores:
-    """RSNA metric, precision and recall of `model` on any labelled `records` at `threshold`
-    (e.g. synthetic images whose opacities sit where the training split never has them)."""
-    split = predict_split(model, records, cfg)
-    return score_at(split.predictions, split.gt_boxes_xyxy, cfg, threshold)
 
 
 def first_steps_losses(

@@ -138,6 +138,10 @@ def plot_anchor_centers(
     return axes
 
 
+#: What the blog's heatmap holds: the mean score of the boxes covering a pixel.
+HEATMAP_LABEL = "mean box score"
+
+
 def show_heatmap(
     ax: Axes,
     image: TensorLike,
@@ -148,21 +152,28 @@ def show_heatmap(
     colorbar: bool = True,
     title: str | None = None,
     vmax: float | None = 1.0,
+    label: str = HEATMAP_LABEL,
 ) -> Axes:
-    """The blog's figure: a probability map over the X-ray (red likely, blue unlikely).
+    """The blog's figure: a map of box scores over the X-ray (red high, blue low).
+
+    The blog calls the map a probability of pneumonia. It is a mean of detector scores: each
+    score is a sigmoid output trained by the focal loss, which is not calibrated (a box
+    scoring 0.3 is not right 30 % of the time), and a mean over overlapping boxes is not a
+    probability of anything. So the colour bar says "score".
 
     Args:
         ax: Target axes.
         image: `(H, W)` grayscale X-ray.
-        heatmap: `(H, W)` probabilities in [0, 1] (same pixel grid as `image`).
+        heatmap: `(H, W)` box scores in [0, 1] (same pixel grid as `image`).
         gt_boxes_xyxy: Ground-truth boxes, drawn in red; skipped when `None`.
         pred_boxes_xyxy: Detections after NMS, drawn dashed white; skipped when `None`.
         alpha: Opacity of the heatmap.
-        colorbar: Add a colour bar labelled "probability" (it shows the real values whatever
-            the range).
+        colorbar: Add a colour bar labelled `label` (it shows the real values whatever the
+            range).
         title: Axes title.
         vmax: Top of the colour range: 1.0 (absolute), a number, or `None` for this map's own
             maximum (the blog's mean map rarely exceeds a few percent, invisible on 0..1).
+        label: Colour-bar label: what the map's values are.
 
     Returns:
         `ax`.
@@ -173,7 +184,7 @@ def show_heatmap(
     show_image(ax, image, title=title)
     overlay = ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0.0, vmax=vmax)
     if colorbar:
-        ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label="probability")
+        ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=label)
     if gt_boxes_xyxy is not None:
         draw_boxes(ax, gt_boxes_xyxy, color="red", linewidth=2.0)
     if pred_boxes_xyxy is not None:
@@ -191,28 +202,34 @@ def _clamp_to_image(ax: Axes, shape: tuple[int, ...]) -> None:
 class HeatmapWriter:
     """Saves one heatmap PNG per prediction, reusing a single figure (fast in long loops).
 
-    Each PNG shows the model-input X-ray, the heatmap on its own colour range (the colour bar
-    gives the values) and the detections dashed.
+    Each PNG shows the model-input X-ray as it is, with the detections dashed, and beside it
+    the same X-ray under the mean box-score map on its own colour range (the colour bar gives
+    the values).
 
     Args:
         dpi: Resolution of the PNGs.
         figsize: Figure size in inches.
     """
 
-    def __init__(self, dpi: int = 80, figsize: tuple[float, float] = (5.0, 4.2)) -> None:
+    def __init__(self, dpi: int = 80, figsize: tuple[float, float] = (8.6, 4.2)) -> None:
         self.dpi = dpi
-        self.figure, self.ax = plt.subplots(figsize=figsize)
+        self.figure = plt.figure(figsize=figsize)
 
     def save(self, prediction: Any, path: Any) -> None:
         """Draws `prediction` (a `predict.ImagePrediction` with a heatmap) and writes `path`."""
         self.figure.clear()
-        self.ax = self.figure.add_subplot()
+        plain, overlay = self.figure.subplots(1, 2)
+        show_image(plain, prediction.image, title=f"{prediction.patient_id[:13]}: X-ray")
+        draw_boxes(
+            plain, prediction.boxes_xyxy_input, color="yellow", linewidth=1.5, linestyle="--"
+        )
+        _clamp_to_image(plain, np.asarray(prediction.image).shape)
         show_heatmap(
-            self.ax,
+            overlay,
             prediction.image,
             prediction.heatmap,
             pred_boxes_xyxy=prediction.boxes_xyxy_input,
-            title=prediction.patient_id[:13],
+            title=HEATMAP_LABEL,
             vmax=None,
         )
         self.figure.savefig(path, dpi=self.dpi, bbox_inches="tight")
@@ -307,7 +324,7 @@ def plot_level_probabilities(
     levels: tuple[int, ...],
     gt_boxes_xyxy: TensorLike | None = None,
 ) -> Any:
-    """The input, then each pyramid level's probability map drawn over the image's extent.
+    """The input, then each pyramid level's anchor-score map drawn over the image's extent.
 
     All level panels share one colour range, 0 to 1, so a level that fires stands out from one
     that does not; the ground-truth boxes are drawn on every panel.
@@ -315,7 +332,8 @@ def plot_level_probabilities(
     Args:
         axes: `1 + len(levels)` axes.
         image: `(S, S)` model-input image.
-        maps: Per level, an `(H_l, W_l)` map of probabilities (`level_probability_maps`).
+        maps: Per level, an `(H_l, W_l)` map of anchor scores (`level_probability_maps`: the
+            sigmoid outputs, which are scores, not calibrated probabilities).
         levels: The level numbers (3..7).
         gt_boxes_xyxy: `(G, 4)` ground-truth boxes in model-input pixels, or `None`.
 
@@ -347,33 +365,46 @@ def plot_heatmap_gallery(
     gt_boxes_xyxy: list[TensorLike] | None = None,
     pred_boxes_xyxy: list[TensorLike] | None = None,
     panel_size: float = 2.6,
+    plain_row: bool = True,
+    label: str = HEATMAP_LABEL,
 ) -> Any:
-    """A grid of heatmaps: one column per image, one row per kind of map.
+    """A grid of heatmaps: one column per image, one row per kind of map, under a row of the
+    plain X-rays (an overlay hides the image it explains).
 
-    Each row has one colour range, from 0 to the largest value in that row, and one colour bar:
-    the images of a row can be compared with each other, and a faint map (the blog's mean
+    Each map row has one colour range, from 0 to the largest value in that row, and one colour
+    bar: the images of a row can be compared with each other, and a faint map (the blog's mean
     rarely exceeds a few percent) is still visible.
 
     Args:
         images: `N` grayscale images.
         rows: Row label -> `N` heatmaps (same pixel grid as the images).
         titles: `N` column titles.
-        gt_boxes_xyxy: Optional `N` ground-truth box arrays, drawn red.
+        gt_boxes_xyxy: Optional `N` ground-truth box arrays, drawn red (on the plain row too).
         pred_boxes_xyxy: Optional `N` detection arrays, drawn dashed white.
         panel_size: Side of one panel in inches.
+        plain_row: Start with a row of the X-rays without any overlay.
+        label: Colour-bar label: what the maps' values are.
 
     Returns:
         The figure.
     """
     num_images = len(images)
+    num_rows = len(rows) + int(plain_row)
     figure, axes = plt.subplots(
-        len(rows),
+        num_rows,
         num_images,
-        figsize=(panel_size * num_images + 0.8, panel_size * len(rows)),
+        figsize=(panel_size * num_images + 0.8, panel_size * num_rows),
         squeeze=False,
         layout="constrained",
     )
-    for row_axes, (label, heatmaps) in zip(axes, rows.items(), strict=True):
+    if plain_row:
+        for column, ax in enumerate(axes[0]):
+            show_image(ax, images[column])
+            if gt_boxes_xyxy is not None:
+                draw_boxes(ax, gt_boxes_xyxy[column], color="red", linewidth=2.0)
+            _clamp_to_image(ax, np.asarray(images[column]).shape)
+        axes[0][0].set_ylabel("X-ray")
+    for row_axes, (row_label, heatmaps) in zip(axes[int(plain_row) :], rows.items(), strict=True):
         vmax = max(max(float(np.max(h)) for h in heatmaps), _MIN_COLOR_RANGE)
         for column, ax in enumerate(row_axes):
             show_heatmap(
@@ -385,9 +416,9 @@ def plot_heatmap_gallery(
                 colorbar=False,
                 vmax=vmax,
             )
-        row_axes[0].set_ylabel(label)
+        row_axes[0].set_ylabel(row_label)
         mappable = row_axes[-1].images[-1]
-        figure.colorbar(mappable, ax=list(row_axes), fraction=0.02, pad=0.01, label="probability")
+        figure.colorbar(mappable, ax=list(row_axes), fraction=0.02, pad=0.01, label=label)
     for ax, title in zip(axes[0], titles, strict=True):
         ax.set_title(title, fontsize=9)
     return figure

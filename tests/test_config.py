@@ -106,8 +106,22 @@ def test_describe_setup_reads_the_blogs_schedule_in_epochs():
     assert blog["backbone trained"] == "no (frozen)"
     assert blog["optimizer"] == "SGD, momentum 0.9" and blog["batch size"] == "1"
     assert (blog["input size"], blog["epochs"]) == ("512 x 512 px", "25")
+    assert blog["augmentation"] == "none"  # the blog trained without augmentation
     cpu = describe_setup(config_for_mode("cpu"))
     assert cpu["backbone trained"] == "yes" and cpu["optimizer"] == "Adam"
+    assert cpu["augmentation"] == "horizontal flips, rotations up to 5 degrees, shifts up to 6%"
+
+
+def test_long_setup_text_is_shown_in_full_in_the_chapters():
+    import pandas as pd
+
+    from retinanet_lib.config import config_for_mode, describe_setup
+    from retinanet_lib.notebook import setup_notebook
+
+    with pd.option_context("display.max_colwidth", 50):
+        setup_notebook()
+        table = pd.DataFrame({"blog": describe_setup(config_for_mode("full"))})
+        assert "1e-6 (21)" in repr(table)  # pandas' default width cut it at "..."
 
 
 def test_with_score_threshold_changes_only_the_threshold():

@@ -14,14 +14,46 @@ def test_gallery_rows_share_one_colour_range_from_zero_to_their_maximum():
     images = [np.zeros((16, 16), np.uint8)] * 3
     faint = [np.full((16, 16), v) for v in (0.01, 0.04, 0.02)]
     strong = [np.full((16, 16), v) for v in (0.9, 0.1, 0.0)]
-    figure = viz.plot_heatmap_gallery(images, {"mean": faint, "weighted": strong}, ["a", "b", "c"])
-    axes = np.array(figure.axes[:6]).reshape(2, 3)
-    limits = [[ax.images[-1].get_clim() for ax in row] for row in axes]
+    boxes = [np.array([[2.0, 2.0, 8.0, 8.0]])] * 3
+    figure = viz.plot_heatmap_gallery(
+        images, {"mean": faint, "weighted": strong}, ["a", "b", "c"], gt_boxes_xyxy=boxes
+    )
+    axes = np.array(figure.axes[:9]).reshape(3, 3)
+    plain = axes[0]  # the X-rays as they are, above the overlays
+    assert all(len(ax.images) == 1 and len(ax.collections) == 1 for ax in plain)
+    assert plain[0].get_ylabel() == "X-ray"
+    limits = [[ax.images[-1].get_clim() for ax in row] for row in axes[1:]]
+    assert all(len(ax.images) == 2 for row in axes[1:] for ax in row)  # image + overlay
     assert all(clim == (0.0, 0.04) for clim in limits[0])  # the faint row is still visible
     assert all(clim == (0.0, 0.9) for clim in limits[1])
     assert [ax.get_title() for ax in axes[0]] == ["a", "b", "c"]
-    assert len(figure.axes) == 8  # six panels and one colour bar per row
+    bars = figure.axes[9:]
+    assert len(bars) == 2  # nine panels and one colour bar per map row
+    assert {bar.get_ylabel() for bar in bars} == {viz.HEATMAP_LABEL} == {"mean box score"}
     plt.close(figure)
+    without = viz.plot_heatmap_gallery(images, {"mean": faint}, ["a", "b", "c"], plain_row=False)
+    assert len(without.axes) == 4
+    plt.close(without)
+
+
+def test_heatmap_writer_puts_the_plain_x_ray_beside_the_overlay(tmp_path):
+    from types import SimpleNamespace
+
+    prediction = SimpleNamespace(
+        image=np.zeros((32, 32), np.uint8),
+        heatmap=np.full((32, 32), 0.2),
+        boxes_xyxy_input=np.array([[4.0, 4.0, 20.0, 20.0]]),
+        patient_id="patient-0000000000",
+    )
+    writer = viz.HeatmapWriter(dpi=40)
+    writer.save(prediction, tmp_path / "a.png")
+    plain, overlay, bar = writer.figure.axes
+    assert len(plain.images) == 1 and len(overlay.images) == 2
+    assert bar.get_ylabel() == "mean box score"
+    writer.save(prediction, tmp_path / "b.png")  # the figure is reused, not stacked
+    assert len(writer.figure.axes) == 3
+    writer.close()
+    assert (tmp_path / "a.png").stat().st_size > 1000
 
 
 def test_heatmap_axes_stay_on_the_image_and_auto_range_uses_the_maximum():
