@@ -3,31 +3,46 @@
     python data_scripts/run_studies.py recipe          # the CPU-recipe ablation (Results page)
     python data_scripts/run_studies.py loss            # Chapter 4: CE, balanced CE, focal loss
     python data_scripts/run_studies.py resolution      # Chapter 5: 128 px against 256 px
-    python data_scripts/run_studies.py augmentation    # Chapter 5: flips against shifts/rotations
+    python data_scripts/run_studies.py augmentation    # Chapter 5: the position-bias tests
     python data_scripts/run_studies.py final           # test-split numbers, before and after
     python data_scripts/run_studies.py batch           # batch 1 against batch 8, scaled rate
+    python data_scripts/run_studies.py resolution augmentation final   # several, one process
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
-Each study trains the CPU default (synthetic data; about 2.5 minutes a run on 2 CPU cores)
-once per arm and seed, scores the validation split at a score threshold chosen on the training
-split (`retinanet_lib.studies.run_arm`), and appends a row to
-`retinanet_lib/results/<study>.csv`. The recipe ablation's arms are changes of the CPU default
-as it was before the ablation (20 epochs); its "30 epochs" row became the default. Rows already
-in a CSV are skipped, so an interrupted study resumes; delete the CSV to start over. The test
-split is never used. The loss study also writes `loss_first_steps.csv` (the loss of each of the
-first 60 training steps) and `loss_pr_curves.csv` (validation precision-recall curves); the
-recipe ablation scores each baseline model a second time with flip test-time augmentation
-(arm "flip TTA", no retraining). The "final" study is the only one that touches the test
-split: the CPU default before and after the ablation, three seeds, each scored once on the test
-split at the threshold `data_scripts/train.py` would save (chosen on the validation split).
+Each study trains the CPU default (synthetic data; 2.5 to 5 minutes a run on 2 CPU cores,
+depending on the machine) once per arm and seed, scores the validation split at a score
+threshold chosen on the training split (`retinanet_lib.studies.run_arm`), and appends a row to
+`retinanet_lib/results/<study>.csv` and every validation image's RSNA score to
+`<study>_per_image.csv` (for paired comparisons, `studies.paired_table`). Each row records the
+commit the process started from (`commit`; "+changes" when the work tree differed) and a
+fingerprint of its configuration (`config_id`). Within one process a configuration and seed is
+trained once: a study arm that another study or arm already trained reuses that run, so the
+same run gives the same row in every CSV; `tests/test_reproducibility.py` checks that the
+committed CSVs agree and that a retrained run would repeat exactly. Rows already in a CSV are
+skipped, so an interrupted study resumes; delete the CSVs to start over.
 
-The "batch" study asks whether the blog's batch size 1 can be traded for a GPU-sized batch
-without changing the detector: the CPU default trained with SGD (momentum 0.9, as the blog)
-at batch 1 and the blog's rate 5e-4, against batch 8 at the linearly scaled rate 4e-3 with a
-2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10 after epoch 22, five seeds. It writes
-`batch_per_image.csv` too (every validation image's RSNA score), from which the book computes
-the paired difference (`metrics.paired_bootstrap_difference`). Its rows carry the commit the
-study process started from (`commit`); the older studies' CSVs keep their columns.
+* *recipe*: changes of the CPU default as it was before the ablation (20 epochs); its
+  "30 epochs" row became the default. Each baseline model is scored a second time with flip
+  test-time augmentation (arm "flip TTA", no retraining).
+* *loss*: also writes `loss_first_steps.csv` (the loss of each of the first 60 training steps)
+  and `loss_pr_curves.csv` (validation precision-recall curves).
+* *resolution*: 256 px, 128 px, and 128 px with every anchor halved; with the training boxes
+  that have no anchor at IoU >= 0.5 and the positive anchors per box (`anchor_coverage`).
+* *augmentation*: four augmentation settings, each scored on the validation images as they
+  are, moved (whole-image flip, rotation and shift: `moved_*` columns and
+  `augmentation_moved_per_image.csv`), and on 300 synthetic images whose opacities the
+  generator put in the upper lung zones, where the training data has none (`upper_*`,
+  `augmentation_upper_per_image.csv`).
+* *final*: the only study that touches the test split: the CPU default before and after the
+  ablation, each scored once on the test split at the threshold `data_scripts/train.py` would
+  save (chosen on the validation split); per-image scores in `final_test_per_image.csv`.
+* *batch*: whether the blog's batch size 1 can be traded for a GPU-sized batch: SGD (momentum
+  0.9, as the blog) at batch 1 and the blog's rate 5e-4, against batch 8 at the linearly
+  scaled rate 4e-3 with a 2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10
+  after epoch 22, five seeds.
+
+`LEGACY_STUDIES` lists the CSVs still written by older code (without these columns or with
+uncommitted changes); the book says so where it uses them.
 """
 
 from __future__ import annotations

@@ -61,6 +61,7 @@ __all__ = [
     "load_result",
     "moved_validation_scores",
     "paired_difference",
+    "paired_table",
     "run_arm",
     "summarize",
     "summary_text",
@@ -465,3 +466,35 @@ def paired_difference(
         )
     b = b[a.columns]
     return paired_bootstrap_difference(a.to_numpy(), b.to_numpy(), num_resamples=num_resamples)
+
+
+def paired_table(
+    per_image: pd.DataFrame,
+    pairs: Sequence[tuple[str, str]],
+    column: str = "rsna_score",
+    num_resamples: int = 2000,
+) -> pd.DataFrame:
+    """`paired_difference` for several pairs of arms, one row each, ready to print.
+
+    Args:
+        per_image: A study's per-image table (`arm`, `seed`, `image`, `column`).
+        pairs: `(arm_a, arm_b)` pairs; each row is `arm_b - arm_a`.
+        column: The per-image score.
+        num_resamples: Bootstrap resamples.
+
+    Returns:
+        Indexed by `"arm_b - arm_a"`: `difference`, `95% low`, `95% high`, `seeds`, `images`
+        and `verdict` ("better" / "worse" only when the interval excludes 0).
+    """
+    rows = {}
+    for arm_a, arm_b in pairs:
+        result = paired_difference(per_image, arm_a, arm_b, column, num_resamples)
+        rows[f"{arm_b} - {arm_a}"] = {
+            "difference": round(result.difference, 3),
+            "95% low": round(result.low, 3),
+            "95% high": round(result.high, 3),
+            "seeds": result.num_seeds,
+            "images": result.num_images,
+            "verdict": result.verdict(),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

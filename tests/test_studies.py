@@ -142,6 +142,27 @@ def test_paired_difference_aligns_seeds_and_images_whatever_the_row_order():
         paired_difference(table, "A", "C")
 
 
+def test_paired_table_has_one_row_per_pair_with_the_difference_of_each():
+    from retinanet_lib.studies import paired_table
+
+    rng = np.random.default_rng(5)
+    rows = []
+    for seed in range(3):
+        base = rng.uniform(0, 1, 10)
+        for arm, shift in (("A", 0.0), ("B", 0.2), ("C", 0.0)):
+            noise = rng.normal(0, 0.01, 10) if arm == "C" else 0.0
+            for index, value in enumerate(base + shift + noise):
+                rows.append({"arm": arm, "seed": seed, "image": f"i{index}", "rsna_score": value})
+    table = paired_table(pd.DataFrame(rows), [("A", "B"), ("B", "A"), ("A", "C")])
+    assert list(table.index) == ["B - A", "A - B", "C - A"]
+    assert table.loc["B - A", "difference"] == pytest.approx(0.2, abs=1e-3)
+    assert table.loc["A - B", "difference"] == pytest.approx(-0.2, abs=1e-3)
+    assert table.loc["B - A", "verdict"] == "better" and table.loc["A - B", "verdict"] == "worse"
+    assert table.loc["C - A", "95% low"] < 0 < table.loc["C - A", "95% high"]
+    assert table.loc["C - A", "verdict"] == "no difference found with 3 seeds"
+    assert (table["seeds"] == 3).all() and (table["images"] == 10).all()
+
+
 def _iou_by_hand(a, b):
     """IoU of two xyxy boxes, the slow obvious way."""
     width = min(a[2], b[2]) - max(a[0], b[0])
