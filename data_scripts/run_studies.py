@@ -147,6 +147,9 @@ LOSS_ARMS: dict[str, Arm] = {
         _set(cfg, "loss", alpha=None, gamma=0.0), "model", class_prior=0.5
     ),
     "balanced CE (alpha 0.75)": lambda cfg, splits: _set(cfg, "loss", alpha=0.75, gamma=0.0),
+    "OHEM (CE, 3 negatives per positive)": lambda cfg, splits: _set(
+        cfg, "loss", alpha=None, gamma=0.0, hard_negative_ratio=3.0
+    ),
     "focal loss (gamma 2, alpha 0.25)": lambda cfg, splits: _set(
         cfg, "loss", alpha=0.25, gamma=2.0
     ),
@@ -435,6 +438,31 @@ def _write_per_image(csv_path: Path, arm: str, result: ArmResult, splits: DataSp
     append_rows(csv_path, table)
 
 
+def refresh_config_ids(study: str) -> Path:
+    """Recomputes the `config_id` column of a study's CSV from its arm definitions (no
+    training): `config_id` is a function of the configuration alone, so a change in how it is
+    computed can be applied to committed rows. The CSV gains the column if it lacks it."""
+    arms, _, make_base = STUDIES[study]
+    base = make_base()
+    splits = load_splits("cpu", base)
+    csv_path = RESULTS / f"{study}.csv"
+    table = pd.read_csv(csv_path)
+    ids = {name: config_id(make_cfg(base, splits)) for name, make_cfg in arms.items()}
+    missing = sorted(set(table["arm"]) - set(ids))
+    if "flip TTA" in missing:  # scored from the baseline's run: the baseline's training
+        ids["flip TTA"] = ids["baseline"]
+        missing.remove("flip TTA")
+    if missing:
+        raise ValueError(f"{csv_path.name} holds arms the study no longer defines: {missing}")
+    column = table["arm"].map(ids)
+    if "config_id" in table:
+        table["config_id"] = column
+    else:
+        table.insert(list(table.columns).index("data") + 1, "config_id", column)
+    table.to_csv(csv_path, index=False)
+    return csv_path
+
+
 def result_cfg(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:
     """The config a run actually used (its training seed set)."""
     return _set(cfg, "train", seed=seed)
@@ -445,7 +473,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("studies", nargs="+", choices=sorted(STUDIES), metavar="study")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--arms", nargs="+", default=None, help="only these arms")
+    parser.add_argument(
+        "--refresh-config-ids",
+        action="store_true",
+        help="recompute the config_id column of the studies' CSVs from their arms (no training)",
+    )
     args = parser.parse_args(argv)
+    if args.refresh_config_ids:
+        for study in args.studies:
+            print(f"config_id refreshed in {refresh_config_ids(study)}")
+        return 0
     runs: dict[tuple[str, int], ArmResult] = {}  # shared: a run is trained once
     for study in args.studies:
         seeds = tuple(args.seeds) if args.seeds else STUDIES[study][1]

@@ -255,12 +255,23 @@ class LossConfig:
             (alpha-balanced) cross-entropy.
         smooth_l1_delta: Where smooth L1 turns from quadratic to linear (`delta` / `beta`).
         box_loss_weight: Weight of the box term against the classification term.
+        hard_negative_ratio: Online hard example mining (OHEM), the sampling heuristic the
+            focal loss replaced: when set, the classification term of an image keeps all its
+            positive anchors and only its `ratio x P` highest-loss background anchors (`P`
+            positives); SSD and the focal-loss paper's OHEM baseline use 3. `None`: every
+            background anchor counts.
+        hard_negative_minimum: With OHEM, an image keeps at least this many background
+            anchors, so an image without any positive (most RSNA images) still trains its
+            background: 96, the negatives of one R-CNN mini-batch (32 positives, 96
+            negatives).
     """
 
     alpha: float | None = 0.25
     gamma: float = 2.0
     smooth_l1_delta: float = 1.0
     box_loss_weight: float = 1.0
+    hard_negative_ratio: float | None = None
+    hard_negative_minimum: int = 96
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
@@ -269,6 +280,14 @@ class LossConfig:
             raise ValueError(f"gamma must be >= 0, got {self.gamma}.")
         if self.smooth_l1_delta <= 0 or self.box_loss_weight < 0:
             raise ValueError("Need smooth_l1_delta > 0 and box_loss_weight >= 0.")
+        if self.hard_negative_ratio is not None and self.hard_negative_ratio <= 0:
+            raise ValueError(
+                f"hard_negative_ratio must be positive or None, got {self.hard_negative_ratio}."
+            )
+        if self.hard_negative_minimum < 0:
+            raise ValueError(
+                f"hard_negative_minimum must be >= 0, got {self.hard_negative_minimum}."
+            )
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ the classifier on its background anchors and has a finite loss. The keras.io exa
 blog) divides by `P` per image with `divide_no_nan`, which gives an image without positives a
 loss of exactly 0: on RSNA, where most images have no opacity, their background would never be
 trained. Dividing by `max(P, 1)` keeps them; Keras then averages over the batch.
+
+With `LossConfig.hard_negative_ratio` set, the classification sum runs over the positive
+anchors and only the hardest background anchors of each image (online hard example mining,
+`hard_negative_mask`), the sampling heuristic the focal loss was designed to replace.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from retinanet_lib.config import IGNORE_CLASS, LossConfig
 from retinanet_lib.model import split_predictions
 from retinanet_lib.targets import split_targets
 
-__all__ = ["RetinaNetLoss", "sigmoid_focal_loss", "smooth_l1_loss"]
+__all__ = ["RetinaNetLoss", "hard_negative_mask", "sigmoid_focal_loss", "smooth_l1_loss"]
 
 TensorLike = Any
 
@@ -73,6 +77,38 @@ def smooth_l1_loss(y_true: TensorLike, y_pred: TensorLike, delta: float = 1.0) -
     return ops.where(difference < delta, 0.5 * difference**2 / delta, difference - 0.5 * delta)
 
 
+def hard_negative_mask(
+    anchor_losses: TensorLike,
+    negative_mask: TensorLike,
+    num_positives: TensorLike,
+    ratio: float,
+    minimum: int,
+) -> Any:
+    """The background anchors online hard example mining keeps: per image, the
+    `max(ratio x P, minimum)` negatives with the highest loss (all of them if there are fewer).
+
+    Ranks come from two `argsort`s over the anchors, so there is no loop over images or
+    anchors; the selection carries no gradient (the loss of a kept anchor does).
+
+    Args:
+        anchor_losses: `(B, A)` classification loss of every anchor (>= 0).
+        negative_mask: `(B, A)` 1.0 on background anchors, 0.0 elsewhere.
+        num_positives: `(B,)` positive anchors per image.
+        ratio: Negatives kept per positive.
+        minimum: Negatives kept at least, per image.
+
+    Returns:
+        `(B, A)` float32 mask, 1.0 on the kept negatives.
+    """
+    negative_mask = ops.cast(negative_mask, "float32")
+    candidates = ops.where(negative_mask > 0, ops.cast(anchor_losses, "float32"), -1.0)
+    order = ops.argsort(-ops.stop_gradient(candidates), axis=-1)  # hardest first
+    rank = ops.argsort(order, axis=-1)  # (B, A) position of each anchor in that order
+    wanted = ops.maximum(ratio * ops.cast(num_positives, "float32"), float(minimum))
+    keep = ops.minimum(wanted, ops.sum(negative_mask, axis=-1))  # (B,)
+    return ops.cast(ops.cast(rank, "float32") < keep[:, None], "float32") * negative_mask
+
+
 @keras.saving.register_keras_serializable(package="retinanet_lib")
 class RetinaNetLoss(keras.losses.Loss):
     """Focal + smooth L1 loss on packed targets and predictions.
@@ -109,10 +145,19 @@ class RetinaNetLoss(keras.losses.Loss):
         # Background (-1) and ignore (-2) codes one-hot to all-zero rows.
         labels = ops.one_hot(ops.cast(class_targets, "int32"), self.num_classes)  # (B, A, K)
         focal = sigmoid_focal_loss(labels, cls_logits, self.cfg.alpha, self.cfg.gamma)
-        cls_loss = ops.sum(ops.sum(focal, axis=-1) * keep_mask, axis=-1)  # (B,)
+        anchor_losses = ops.sum(focal, axis=-1)  # (B, A)
+        num_positives = ops.sum(positive_mask, axis=-1)  # (B,)
+        if self.cfg.hard_negative_ratio is not None:  # OHEM: the hardest negatives only
+            keep_mask = positive_mask + hard_negative_mask(
+                anchor_losses,
+                keep_mask - positive_mask,
+                num_positives,
+                self.cfg.hard_negative_ratio,
+                self.cfg.hard_negative_minimum,
+            )
+        cls_loss = ops.sum(anchor_losses * keep_mask, axis=-1)  # (B,)
         box = ops.sum(smooth_l1_loss(box_targets, box_deltas, self.cfg.smooth_l1_delta), axis=-1)
         box_loss = ops.sum(box * positive_mask, axis=-1)  # (B,)
-        num_positives = ops.sum(positive_mask, axis=-1)  # (B,)
         normalizer = ops.maximum(num_positives, 1.0)
         return {
             "classification": cls_loss / normalizer,

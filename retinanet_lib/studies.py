@@ -100,15 +100,31 @@ def config_id(cfg: RetinaNetConfig) -> str:
     """A short fingerprint of everything a run's result depends on in its config.
 
     Two rows of the results CSVs with the same `config_id` and seed describe the same training
-    run, whatever the study and the arm's name; `tests/test_studies.py` checks that the
+    run, whatever the study and the arm's name; `tests/test_reproducibility.py` checks that the
     committed CSVs agree wherever that happens. The seed is left out (it has its own column).
+    Only the settings that differ from `RetinaNetConfig()`'s defaults enter the fingerprint,
+    so a new setting added later with a default leaves every existing fingerprint unchanged.
 
     Returns:
-        12 hex digits of the SHA-1 of the config as sorted JSON.
+        12 hex digits of the SHA-1 of the changed settings as sorted JSON.
     """
-    fields = dataclasses.asdict(with_seed(cfg, 0))
+    fields = _changed(dataclasses.asdict(with_seed(cfg, 0)), dataclasses.asdict(type(cfg)()))
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _changed(values: dict, defaults: dict) -> dict:
+    """The entries of `values` that differ from `defaults`, recursing into sections."""
+    changed = {}
+    for key, value in values.items():
+        default = defaults.get(key)
+        if isinstance(value, dict) and isinstance(default, dict):
+            inner = _changed(value, default)
+            if inner:
+                changed[key] = inner
+        elif key not in defaults or value != default:
+            changed[key] = value
+    return changed
 
 
 def with_seed(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:

@@ -133,3 +133,101 @@ def test_loss_config_round_trip_and_validation():
         RetinaNetLoss(2).components(
             packed(np.zeros((1, 3, 4)), np.zeros((1, 3))), np.zeros((1, 3, 5), np.float32)
         )
+
+
+def _ohem_reference(class_codes, logits, ratio, minimum):
+    """Per image, the slow obvious way: CE on every positive and on the hardest negatives."""
+    losses = []
+    for codes, row in zip(class_codes, logits, strict=True):
+        labels = (codes >= 0).astype(np.float64)
+        p = 1.0 / (1.0 + np.exp(-row.astype(np.float64)))
+        ce = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+        positives = np.flatnonzero(codes >= 0)
+        negatives = np.flatnonzero(codes == BACKGROUND_CLASS)
+        hardest = negatives[np.argsort(-ce[negatives], kind="stable")]
+        count = min(max(int(ratio * len(positives)), minimum), len(negatives))
+        kept = list(positives) + list(hardest[:count])
+        losses.append(ce[kept].sum() / max(len(positives), 1))
+    return np.array(losses)
+
+
+def test_ohem_keeps_every_positive_and_the_hardest_negatives_like_a_loop():
+    rng = np.random.default_rng(11)
+    num_images, num_anchors = 5, 400
+    codes = rng.choice(
+        [0, BACKGROUND_CLASS, IGNORE_CLASS], (num_images, num_anchors), p=[0.03, 0.9, 0.07]
+    ).astype(np.float32)
+    codes[3] = np.where(codes[3] == 0, BACKGROUND_CLASS, codes[3])  # an image without opacity
+    codes[4, :5] = 0  # an image with at least five positives
+    logits = rng.normal(0, 2, (num_images, num_anchors, 1)).astype(np.float32)
+    targets = np.concatenate(
+        [np.zeros((num_images, num_anchors, 4), np.float32), codes[..., None]], -1
+    )
+    predictions = np.concatenate([np.zeros((num_images, num_anchors, 4), np.float32), logits], -1)
+    for ratio, minimum in ((3.0, 16), (1.0, 0), (3.0, 1000)):
+        cfg = LossConfig(
+            alpha=None, gamma=0.0, hard_negative_ratio=ratio, hard_negative_minimum=minimum
+        )
+        parts = RetinaNetLoss(1, cfg).components(targets, predictions)
+        expected = _ohem_reference(codes, logits[..., 0], ratio, minimum)
+        np.testing.assert_allclose(np.asarray(parts["classification"]), expected, rtol=1e-5)
+    # With a minimum above the number of negatives every negative is kept: plain CE again.
+    plain = RetinaNetLoss(1, LossConfig(alpha=None, gamma=0.0)).components(targets, predictions)
+    np.testing.assert_allclose(
+        np.asarray(parts["classification"]), np.asarray(plain["classification"]), rtol=1e-5
+    )
+
+
+def test_ohem_gradient_reaches_only_the_kept_anchors():
+    import tensorflow as tf
+
+    from retinanet_lib.losses import hard_negative_mask
+
+    losses = tf.constant([[0.1, 5.0, 0.2, 3.0, 0.0, 9.0]])
+    negatives = tf.constant([[1.0, 1.0, 1.0, 1.0, 1.0, 0.0]])  # the 9.0 is not a negative
+    mask = hard_negative_mask(losses, negatives, tf.constant([1.0]), ratio=2.0, minimum=0)
+    np.testing.assert_array_equal(mask.numpy(), [[0, 1, 0, 1, 0, 0]])  # the two hardest
+    mask = hard_negative_mask(losses, negatives, tf.constant([0.0]), ratio=2.0, minimum=3)
+    np.testing.assert_array_equal(mask.numpy(), [[0, 1, 1, 1, 0, 0]])  # minimum 3 when P = 0
+    logits = tf.Variable(np.random.default_rng(0).normal(0, 1, (1, 50, 1)).astype(np.float32))
+    codes = np.full((1, 50), BACKGROUND_CLASS, np.float32)
+    codes[0, :2] = 0
+    targets = np.concatenate([np.zeros((1, 50, 4), np.float32), codes[..., None]], -1)
+    cfg = LossConfig(alpha=None, gamma=0.0, hard_negative_ratio=3.0, hard_negative_minimum=0)
+    with tf.GradientTape() as tape:
+        predictions = tf.concat([tf.zeros((1, 50, 4)), logits], axis=-1)
+        loss = RetinaNetLoss(1, cfg)(targets, predictions)
+    gradient = tape.gradient(loss, logits).numpy()[0, :, 0]
+    assert np.count_nonzero(gradient) == 2 + 6  # two positives and 3 x 2 negatives
+
+
+def test_ohem_settings_are_checked():
+    with pytest.raises(ValueError, match="hard_negative_ratio"):
+        LossConfig(hard_negative_ratio=0.0)
+    with pytest.raises(ValueError, match="hard_negative_minimum"):
+        LossConfig(hard_negative_minimum=-1)
+
+
+def test_ohem_trains_in_a_compiled_step():
+    """The mask is built from argsort inside the compiled (XLA) train step."""
+    import dataclasses
+
+    import keras
+
+    from retinanet_lib.config import config_for_mode
+    from retinanet_lib.model import build_retinanet
+
+    from .helpers import bright_squares
+
+    base = config_for_mode("cpu")
+    cfg = dataclasses.replace(
+        base,
+        image_size=64,
+        loss=LossConfig(alpha=None, gamma=0.0, hard_negative_ratio=3.0, hard_negative_minimum=8),
+    )
+    images, targets = bright_squares(cfg, num_images=4)
+    keras.utils.set_random_seed(0)
+    model = build_retinanet(cfg)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=RetinaNetLoss(1, cfg.loss))
+    losses = [float(model.train_on_batch(images, targets)) for _ in range(5)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -98,6 +98,22 @@ def test_config_id_names_the_training_run_not_the_seed():
     assert len(ids) == len(changed) and config_id(cfg) not in ids
     rebuilt = type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert config_id(rebuilt) == config_id(cfg)  # stable through a run folder's JSON
+    # Setting a field to its default value is no change at all.
+    same = dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, gamma=cfg.loss.gamma))
+    assert config_id(same) == config_id(cfg)
+
+
+def test_config_id_ignores_settings_left_at_their_defaults():
+    """A setting added to the config later (with a default) must not change the fingerprint of
+    the runs already in the CSVs: only changed settings are hashed."""
+    from retinanet_lib.studies import _changed
+
+    defaults = {"a": 1, "section": {"b": 2, "c": 3}}
+    assert _changed({"a": 1, "section": {"b": 2, "c": 3}}, defaults) == {}
+    assert _changed({"a": 1, "section": {"b": 5, "c": 3}}, defaults) == {"section": {"b": 5}}
+    grown = {"a": 1, "section": {"b": 2, "c": 3, "new": None}}
+    grown_defaults = {"a": 1, "section": {"b": 2, "c": 3, "new": None}}
+    assert _changed(grown, grown_defaults) == _changed(defaults, defaults)
 
 
 def _committed_tables():
