@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from retinanet_lib.config import PRECISIONS, config_for_mode, run_mode_from_env  # noqa: E402
-from retinanet_lib.evaluate import choose_score_threshold, predict_split  # noqa: E402
+from retinanet_lib.evaluate import choose_score_threshold, predict_split, score_at  # noqa: E402
 from retinanet_lib.export import export_inference_model  # noqa: E402
 from retinanet_lib.rejects import TooManyBadFilesError, verify_dicoms  # noqa: E402
 from retinanet_lib.splits import load_splits  # noqa: E402
@@ -167,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"score threshold {threshold:.2f} saved (validation RSNA metric "
             f"{best['rsna_metric']:.3f}, {splits.data_name} data)"
+        )
+        images = score_at(
+            validation.predictions, validation.gt_boxes_xyxy, cfg, threshold
+        ).image_level
+        print(
+            f"validation, per image (has it an opacity?): recall {images.recall:.3f}, "
+            f"precision {images.precision:.3f}, F1 {images.f1:.3f} "
+            f"({images.true_positives} found, {images.false_negatives} missed, "
+            f"{images.false_positives} false alarms)"
         )
     if args.export:
         model, run_cfg = load_trained_model(args.workdir)

@@ -266,7 +266,8 @@ def metric_table(
 
     Returns:
         The table (one row per split: images, positive images, metric, interval, precision
-        and recall at IoU 0.5) and each split's full `DetectionScores`.
+        and recall at IoU 0.5, and the image-level recall, precision and F1 of "has this image
+        an opacity?") and each split's full `DetectionScores`.
     """
     rows, scores = {}, {}
     for label, split in splits.items():
@@ -279,6 +280,9 @@ def metric_table(
             "95% interval": f"{low:.2f} to {high:.2f}",
             "precision@0.5": round(result.precision, 3),
             "recall@0.5": round(result.recall, 3),
+            "image recall": round(result.image_level.recall, 3),
+            "image precision": round(result.image_level.precision, 3),
+            "image F1": round(result.image_level.f1, 3),
         }
         scores[label] = result
     return pd.DataFrame(rows).T, scores

@@ -33,9 +33,11 @@ __all__ = [
     "MATCHING_RULES",
     "RSNA_IOU_THRESHOLDS",
     "DetectionScores",
+    "ImageLevelScores",
     "PairedDifference",
     "PrecisionRecall",
     "bootstrap_interval",
+    "image_level_scores",
     "paired_bootstrap_difference",
     "pad_boxes",
     "precision_recall",
@@ -63,6 +65,8 @@ class DetectionScores:
         true_positives: `(T,)` totals per threshold; likewise the next two.
         false_positives: `(T,)`.
         false_negatives: `(T,)`.
+        image_level: "Has this image an opacity?" from "has it a detection?" (image-level
+            recall, precision and F1).
     """
 
     rsna_metric: float
@@ -72,6 +76,74 @@ class DetectionScores:
     true_positives: np.ndarray
     false_positives: np.ndarray
     false_negatives: np.ndarray
+    image_level: ImageLevelScores | None = None
+
+
+@dataclass(frozen=True)
+class ImageLevelScores:
+    """ "Does this image have an opacity?", answered by "has it at least one detection?".
+
+    The question a screening reader asks, and the one the transfer-learning notes judge an
+    imbalanced X-ray task by: recall (sensitivity), precision and F1, not accuracy (on data
+    where 70 % of the images are negative, saying "no" everywhere is 70 % accurate).
+
+    Attributes:
+        true_positives: Images with an opacity and at least one detection.
+        false_positives: Images without an opacity but with a detection.
+        false_negatives: Images with an opacity and no detection.
+        true_negatives: Images with neither.
+    """
+
+    true_positives: int
+    false_positives: int
+    false_negatives: int
+    true_negatives: int
+
+    @property
+    def recall(self) -> float:
+        """Share of the images with an opacity that got a detection (sensitivity)."""
+        found = self.true_positives + self.false_negatives
+        return self.true_positives / found if found else float("nan")
+
+    @property
+    def precision(self) -> float:
+        """Share of the images with a detection that have an opacity."""
+        flagged = self.true_positives + self.false_positives
+        return self.true_positives / flagged if flagged else float("nan")
+
+    @property
+    def f1(self) -> float:
+        """Harmonic mean of precision and recall, `2 TP / (2 TP + FP + FN)`."""
+        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
+        return 2 * self.true_positives / denominator if denominator else float("nan")
+
+    @property
+    def specificity(self) -> float:
+        """Share of the images without an opacity that got no detection."""
+        clean = self.true_negatives + self.false_positives
+        return self.true_negatives / clean if clean else float("nan")
+
+
+def image_level_scores(has_opacity: np.ndarray, has_detection: np.ndarray) -> ImageLevelScores:
+    """Counts the four outcomes of "does this image have an opacity?" over images.
+
+    Args:
+        has_opacity: `(I,)` bool, the image has at least one ground-truth box.
+        has_detection: `(I,)` bool, the image has at least one detection.
+
+    Returns:
+        The counts, with recall, precision, F1 and specificity as properties.
+    """
+    truth = np.asarray(has_opacity, bool)
+    flagged = np.asarray(has_detection, bool)
+    if truth.shape != flagged.shape or truth.ndim != 1:
+        raise ValueError(f"Need two (I,) arrays, got {truth.shape} and {flagged.shape}.")
+    return ImageLevelScores(
+        true_positives=int((truth & flagged).sum()),
+        false_positives=int((~truth & flagged).sum()),
+        false_negatives=int((truth & ~flagged).sum()),
+        true_negatives=int((~truth & ~flagged).sum()),
+    )
 
 
 def pad_boxes(boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray] | None = None):
@@ -210,6 +282,7 @@ def rsna_scores(
         true_positives=true_positives.sum(axis=0),
         false_positives=false_positives.sum(axis=0),
         false_negatives=false_negatives.sum(axis=0),
+        image_level=image_level_scores(num_gt[:, 0] > 0, num_pred[:, 0] > 0),
     )
 
 

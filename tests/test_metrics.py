@@ -339,3 +339,34 @@ def test_paired_bootstrap_difference_hand_values_and_verdicts():
         paired_bootstrap_difference(a, a[:, :3])
     with pytest.raises(ValueError, match="at least one image"):
         paired_bootstrap_difference(np.full((1, 3), np.nan), np.zeros((1, 3)))
+
+
+def test_image_level_scores_hand_values():
+    from retinanet_lib.metrics import image_level_scores
+
+    truth = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    flagged = np.array([1, 1, 1, 0, 1, 0, 0, 0, 0, 0], bool)
+    scores = image_level_scores(truth, flagged)
+    counts = (scores.true_positives, scores.false_positives)
+    assert counts + (scores.false_negatives, scores.true_negatives) == (3, 1, 1, 5)
+    assert scores.recall == pytest.approx(3 / 4)
+    assert scores.precision == pytest.approx(3 / 4)
+    assert scores.f1 == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
+    assert scores.specificity == pytest.approx(5 / 6)
+    nothing = image_level_scores(np.zeros(4, bool), np.zeros(4, bool))
+    assert np.isnan(nothing.recall) and np.isnan(nothing.precision) and nothing.specificity == 1
+    with pytest.raises(ValueError, match=r"\(I,\)"):
+        image_level_scores(truth, flagged[:5])
+
+
+def test_rsna_scores_report_the_image_level_question_too():
+    box = np.array([[0, 0, 10, 10]], np.float32)
+    empty = np.zeros((0, 4), np.float32)
+    far = np.array([[50, 50, 60, 60]], np.float32)
+    gt = [box, box, empty, empty]
+    preds = [far, empty, box, empty]  # image 0 flagged (a wrong box still flags the image)
+    scores = rsna_scores(gt, preds, [np.ones(len(p)) for p in preds])
+    level = scores.image_level
+    assert (level.true_positives, level.false_negatives) == (1, 1)
+    assert (level.false_positives, level.true_negatives) == (1, 1)
+    assert scores.recall == 0.0  # no box is found at IoU 0.5, yet half the images are flagged
