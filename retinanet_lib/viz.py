@@ -20,6 +20,8 @@ from retinanet_lib.config import AnchorConfig
 __all__ = [
     "draw_architecture",
     "HeatmapWriter",
+    "RCNN_STAGES",
+    "draw_detector_pipelines",
     "draw_boxes",
     "plot_anchor_centers",
     "plot_history",
@@ -509,10 +511,12 @@ def plot_seeds(
     return ax
 
 
-def _label(ax: Axes, x: float, y: float, text: str, color: str) -> None:
+def _label(
+    ax: Axes, x: float, y: float, text: str, color: str, fontsize: int = _DIAGRAM_FONT
+) -> None:
     """A rounded, filled text box centred at `(x, y)`."""
     style = {"boxstyle": "round,pad=0.25", "linewidth": 1.2, "facecolor": color}
-    ax.text(x, y, text, ha="center", va="center", bbox=style, fontsize=_DIAGRAM_FONT)
+    ax.text(x, y, text, ha="center", va="center", bbox=style, fontsize=fontsize)
 
 
 def _arrow(ax: Axes, start: tuple[float, float], end: tuple[float, float], **style) -> None:
@@ -586,4 +590,50 @@ def draw_architecture(
     _label(ax, 7.9, box_head_y, "box head (shared)\n9 x 4 deltas / cell", "#fce5cd")
     for x, title in ((1.3, "backbone"), (4.6, "feature pyramid"), (7.9, "heads")):
         ax.text(x, 6.55, title, ha="center", fontsize=_DIAGRAM_FONT + 1, weight="bold")
+    return ax
+
+
+#: R-CNN's inference pipeline as the notes describe it (Girshick et al. 2014): one stage per box.
+RCNN_STAGES = (
+    "image",
+    "selective\nsearch:\n~2,000\nproposals",
+    "warp each\nto 227\nx 227",
+    "AlexNet,\nfine-tuned:\n2,000 passes",
+    "SVM per\nclass (hard\nnegatives),\nbox regressor",
+    "NMS",
+)
+
+
+def draw_detector_pipelines(ax: Axes, num_anchors: int, image_size: int) -> Axes:
+    """R-CNN's two-stage pipeline above RetinaNet's one-stage pipeline, stage by stage.
+
+    Args:
+        ax: Target axes (about 11 x 3.6 inches).
+        num_anchors: RetinaNet's anchors at `image_size` (`anchors.num_anchors`).
+        image_size: Side of RetinaNet's square input.
+
+    Returns:
+        `ax`.
+    """
+    retinanet_stages = (
+        "image",
+        f"resize to\n{image_size}\nx {image_size}",
+        "backbone\n+ FPN:\n1 pass",
+        f"heads on\nall {num_anchors:,}\nanchors",
+        "decode,\nthreshold",
+        "NMS",
+    )
+    ax.set_xlim(0, 12)
+    ax.set_ylim(-0.2, 4.6)
+    ax.axis("off")
+    for y, title, stages, color in (
+        (3.1, "R-CNN (two stages): propose, then classify each region", RCNN_STAGES, "#f4cccc"),
+        (0.8, "RetinaNet (one stage): score every anchor at once", retinanet_stages, "#d9ead3"),
+    ):
+        ax.text(0.1, y + 1.15, title, fontsize=_DIAGRAM_FONT + 1, weight="bold", va="center")
+        xs = np.linspace(0.7, 11.3, len(stages))
+        for index, (x, text) in enumerate(zip(xs, stages, strict=True)):
+            _label(ax, x, y, text, color, fontsize=_DIAGRAM_FONT - 1)
+            if index:
+                _arrow(ax, (xs[index - 1] + 0.8, y), (x - 0.8, y))
     return ax

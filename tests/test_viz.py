@@ -150,3 +150,25 @@ def test_plot_seeds_draws_the_reference_mean_across_the_rows():
     with pytest.raises(ValueError, match="reference"):
         viz.plot_seeds(ax, table, "m", reference="missing")
     plt.close(fig)
+
+
+def test_detector_pipelines_show_both_pipelines_stage_by_stage():
+    figure, ax = plt.subplots(figsize=(11, 4.2))
+    viz.draw_detector_pipelines(ax, num_anchors=49104, image_size=512)
+    texts = [t.get_text() for t in ax.texts]
+    assert sum("R-CNN" in t for t in texts) == 1 and sum("RetinaNet" in t for t in texts) == 1
+    boxed = [t for t in ax.texts if t.get_bbox_patch() is not None]
+    assert len(boxed) == 2 * len(viz.RCNN_STAGES)  # one box per stage, both rows
+    assert any("2,000" in t.get_text() for t in boxed)  # proposals and passes
+    assert any("49,104" in t.get_text() for t in boxed)
+    figure.canvas.draw()  # no two boxes of a row overlap at this size
+    renderer = figure.canvas.get_renderer()
+    extents = [t.get_bbox_patch().get_window_extent(renderer) for t in boxed]
+    rows = {}
+    for box in extents:  # two rows, told apart by their centre height
+        rows.setdefault(round((box.y0 + box.y1) / 200), []).append(box)
+    assert sorted(len(row) for row in rows.values()) == [6, 6]
+    for row in rows.values():
+        row.sort(key=lambda b: b.x0)
+        assert all(left.x1 <= right.x0 for left, right in zip(row, row[1:], strict=False))
+    plt.close(figure)
