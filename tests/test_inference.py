@@ -195,3 +195,48 @@ def test_compiled_functions_do_not_keep_their_model_alive():
     del model
     gc.collect()
     assert alive() is None  # long studies build dozens of models in one process
+
+
+def _nms_three_steps(boxes_xyxy, scores, score_threshold, iou_threshold):
+    """The R-CNN notes' NMS, the slow obvious way: threshold, sort, keep and suppress."""
+
+    def iou(a, b):
+        width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+        height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+        inter = width * height
+        return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+    order = sorted(
+        (i for i in range(len(scores)) if scores[i] >= score_threshold), key=lambda i: -scores[i]
+    )
+    kept = []
+    while order:
+        best = order.pop(0)
+        kept.append(best)
+        order = [i for i in order if iou(boxes_xyxy[best], boxes_xyxy[i]) <= iou_threshold]
+    return kept
+
+
+@pytest.mark.parametrize("iou_threshold", [0.3, 0.5, 0.7])
+def test_library_nms_equals_the_three_steps_on_crowded_images(iou_threshold):
+    from retinanet_lib.inference import non_max_suppression
+
+    rng = np.random.default_rng(int(iou_threshold * 10))
+    num_images, num_boxes = 4, 150
+    centres = rng.uniform(40, 60, (num_images, num_boxes, 2))  # all piled near one spot
+    sizes = rng.uniform(10, 40, (num_images, num_boxes, 2))
+    boxes_xyxy = np.concatenate([centres - sizes / 2, centres + sizes / 2], -1).astype(np.float32)
+    scores = rng.uniform(0, 1, (num_images, num_boxes, 1)).astype(np.float32)
+    decode_cfg = DecodeConfig(
+        score_threshold=0.2,
+        nms_iou_threshold=iou_threshold,
+        max_detections=num_boxes,
+        max_candidates=num_boxes,
+    )
+    found = non_max_suppression(boxes_xyxy, scores, decode_cfg)
+    for image in range(num_images):
+        kept = _nms_three_steps(boxes_xyxy[image], scores[image, :, 0], 0.2, iou_threshold)
+        library_boxes, library_scores, _ = found.for_image(image)
+        assert len(kept) > 1  # crowded, yet more than one box survives
+        np.testing.assert_allclose(library_boxes, boxes_xyxy[image][kept], atol=1e-5)
+        np.testing.assert_allclose(library_scores, scores[image, kept, 0], atol=1e-6)
