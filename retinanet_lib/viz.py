@@ -368,7 +368,7 @@ def plot_heatmap_gallery(
     pred_boxes_xyxy: list[TensorLike] | None = None,
     panel_size: float = 2.6,
     plain_row: bool = True,
-    label: str = HEATMAP_LABEL,
+    label: str | dict[str, str] = HEATMAP_LABEL,
 ) -> Any:
     """A grid of heatmaps: one column per image, one row per kind of map, under a row of the
     plain X-rays (an overlay hides the image it explains).
@@ -385,7 +385,8 @@ def plot_heatmap_gallery(
         pred_boxes_xyxy: Optional `N` detection arrays, drawn dashed white.
         panel_size: Side of one panel in inches.
         plain_row: Start with a row of the X-rays without any overlay.
-        label: Colour-bar label: what the maps' values are.
+        label: Colour-bar label: what the maps' values are; a dict gives each row its own
+            (e.g. box scores, Grad-CAM weights and occlusion drops side by side).
 
     Returns:
         The figure.
@@ -420,7 +421,8 @@ def plot_heatmap_gallery(
             )
         row_axes[0].set_ylabel(row_label)
         mappable = row_axes[-1].images[-1]
-        figure.colorbar(mappable, ax=list(row_axes), fraction=0.02, pad=0.01, label=label)
+        bar_label = label.get(row_label, HEATMAP_LABEL) if isinstance(label, dict) else label
+        figure.colorbar(mappable, ax=list(row_axes), fraction=0.02, pad=0.01, label=bar_label)
     for ax, title in zip(axes[0], titles, strict=True):
         ax.set_title(title, fontsize=9)
     return figure

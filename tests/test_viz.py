@@ -172,3 +172,21 @@ def test_detector_pipelines_show_both_pipelines_stage_by_stage():
         row.sort(key=lambda b: b.x0)
         assert all(left.x1 <= right.x0 for left, right in zip(row, row[1:], strict=False))
     plt.close(figure)
+
+
+def test_gallery_rows_can_name_what_their_values_are():
+    images = [np.zeros((16, 16), np.uint8)] * 2
+    rows = {
+        "box score": [np.full((16, 16), 0.2)] * 2,
+        "Grad-CAM": [np.full((16, 16), 1.0)] * 2,
+        "occlusion": [np.full((16, 16), 0.05)] * 2,
+    }
+    labels = {"Grad-CAM": "relative weight", "occlusion": "score drop"}
+    figure = viz.plot_heatmap_gallery(images, rows, ["a", "b"], label=labels)
+    bars = figure.axes[8:]
+    assert [bar.get_ylabel() for bar in bars] == [
+        "mean box score",
+        "relative weight",
+        "score drop",
+    ]
+    plt.close(figure)
