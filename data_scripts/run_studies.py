@@ -374,6 +374,7 @@ def run_study(
     seeds: tuple[int, ...],
     only: list[str] | None,
     runs: dict[tuple[str, int], ArmResult] | None = None,
+    commit: str | None = None,
 ) -> Path:
     """Runs the missing (arm, seed) rows of one study and appends them to its CSVs.
 
@@ -389,7 +390,7 @@ def run_study(
     splits = load_splits("cpu", base)
     csv_path = RESULTS / f"{study}.csv"
     done = done_runs(csv_path)
-    commit = _commit()  # the code this process runs: read once, at the start
+    commit = commit or _commit()  # the code the process runs: main() reads it at the start
     for seed in seeds:  # seeds outermost: a partial study still covers every arm
         for name, make_cfg in arms.items():
             if (only and name not in only) or (name, seed) in done:
@@ -484,9 +485,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"config_id refreshed in {refresh_config_ids(study)}")
         return 0
     runs: dict[tuple[str, int], ArmResult] = {}  # shared: a run is trained once
+    # The code this process runs is the code it imported now: read the commit once, here.
+    # (Read per study, it would name whatever the work tree holds when the study begins.)
+    commit = _commit()
     for study in args.studies:
         seeds = tuple(args.seeds) if args.seeds else STUDIES[study][1]
-        path = run_study(study, seeds, args.arms, runs)
+        path = run_study(study, seeds, args.arms, runs, commit)
         print(f"results in {path}")
     return 0
 
