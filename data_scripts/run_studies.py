@@ -69,7 +69,7 @@ from retinanet_lib.evaluate import (  # noqa: E402
     predict_split,
     score_at,
 )
-from retinanet_lib.metrics import DetectionScores, bootstrap_interval  # noqa: E402
+from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
 from retinanet_lib.splits import DataSplits, load_splits, load_upper_zone_test  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
@@ -242,8 +242,9 @@ def _commit() -> str:
 PerImage = dict[str, pd.DataFrame]  # CSV name suffix -> `image`, `rsna_score` columns
 
 
-def _per_image(names: list[str], scores: DetectionScores) -> pd.DataFrame:
-    return pd.DataFrame({"image": names, "rsna_score": np.round(scores.per_image, 4)})
+def _per_image(names: list[str], per_image: np.ndarray) -> pd.DataFrame:
+    """One row per image: its file name and RSNA score (empty when the metric skips it)."""
+    return pd.DataFrame({"image": names, "rsna_score": np.round(per_image, 4)})
 
 
 def _names(records, indices) -> list[str]:
@@ -273,8 +274,8 @@ def _position_scores(
         "upper_images": len(upper_split),
     }
     tables = {
-        "moved": _per_image(_names(splits.validation, validation.indices), moved),
-        "upper": _per_image(_names(upper_records, upper_split.indices), upper),
+        "moved": _per_image(_names(splits.validation, validation.indices), moved.per_image),
+        "upper": _per_image(_names(upper_records, upper_split.indices), upper.per_image),
     }
     return columns, tables
 
@@ -309,7 +310,7 @@ def _test_scores(
         "test_recall": round(scores.recall, 4),
         "test_images": len(test),
     }
-    return columns, {"test": _per_image(_names(splits.test, test.indices), scores)}
+    return columns, {"test": _per_image(_names(splits.test, test.indices), scores.per_image)}
 
 
 def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
@@ -382,7 +383,7 @@ def run_study(
     an arm whose configuration another study (or arm) has already trained with that seed
     reuses that run instead of training the same thing again, so one run gives one row
     wherever it appears. (A retrained copy would give the same numbers:
-    `tests/test_train.py` checks that training repeats exactly for a seed.)
+    `tests/test_reproducibility.py` checks that training repeats exactly for a seed.)
     """
     arms, _, make_base = STUDIES[study]
     runs = {} if runs is None else runs
@@ -404,17 +405,19 @@ def run_study(
             result = runs[key]
             seeded = result_cfg(cfg, seed)
             row = {**result.row, "arm": name}
-            tables: PerImage = {}
+            validation_names = _names(splits.validation, result.validation.indices)
+            tables: PerImage = {"": _per_image(validation_names, result.per_image)}
             if study in EXTRA_COLUMNS:
-                columns, tables = EXTRA_COLUMNS[study](result, seeded, splits)
+                columns, extra_tables = EXTRA_COLUMNS[study](result, seeded, splits)
                 row.update(columns)
+                tables.update(extra_tables)
             row["commit"] = commit
             append_row(csv_path, row)
-            _write_per_image(RESULTS / f"{study}_per_image.csv", name, result, splits)
-            for suffix, table in tables.items():  # the study's other per-image scores
+            for suffix, table in tables.items():  # <study>[_<suffix>]_per_image.csv
                 table.insert(0, "seed", seed)
                 table.insert(0, "arm", name)
-                append_rows(RESULTS / f"{study}_{suffix}_per_image.csv", table)
+                stem = f"{study}_{suffix}" if suffix else study
+                append_rows(RESULTS / f"{stem}_per_image.csv", table)
             if study == "loss":
                 _loss_extras(name, seed, result, seeded)
             if study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done:
@@ -423,20 +426,6 @@ def run_study(
             how = "reused" if reused else "trained"
             print(f"{study} | {name} | seed {seed} ({how}, {elapsed:.0f} s): {row}", flush=True)
     return csv_path
-
-
-def _write_per_image(csv_path: Path, arm: str, result: ArmResult, splits: DataSplits) -> None:
-    """One row per validation image: its file name and RSNA score (empty when not counted)."""
-    names = [Path(splits.validation.paths[i]).stem for i in result.validation.indices]
-    table = pd.DataFrame(
-        {
-            "arm": arm,
-            "seed": result.row["seed"],
-            "image": names,
-            "rsna_score": np.round(result.per_image, 4),
-        }
-    )
-    append_rows(csv_path, table)
 
 
 def refresh_config_ids(study: str) -> Path:

@@ -576,8 +576,12 @@ def describe_setup(cfg: RetinaNetConfig) -> dict[str, str]:
     }
 
 
-#: Opacity placements of the synthetic generator (`synthetic.OPACITY_ZONES` holds the ranges).
-OPACITY_ZONE_NAMES = ("lower", "upper")
+#: Where the synthetic generator draws opacity centres, as a range of heights in units of the
+#: lung's half-height (-1 apex, +1 base). "lower" is RSNA's bias to the lower zones and the
+#: data set's default; "upper" never overlaps it, so a model trained on the default has never
+#: seen an opacity centred there (the position-bias study's test images).
+OPACITY_ZONES = {"lower": (-0.2, 0.6), "upper": (-0.9, -0.45)}
+OPACITY_ZONE_NAMES = tuple(OPACITY_ZONES)
 
 
 @dataclass(frozen=True)
@@ -600,7 +604,7 @@ class SyntheticConfig:
         clutter_fraction: Share of negatives carrying faint lung-like clutter.
         clutter_strength_range: Added brightness of clutter blobs (fainter than opacities).
         opacity_zone: Where opacity centres sit: `"lower"` (RSNA's bias to the lower zones)
-            or `"upper"` (a zone the default never uses: see `synthetic.OPACITY_ZONES`).
+            or `"upper"` (a zone the default never uses: see `OPACITY_ZONES`).
         noise_std_range: Standard deviation of the pixel noise (image scale 0..1).
         compression: `"jpeg"` (JPEG baseline, as RSNA) or `"none"`.
         jpeg_quality: Pillow JPEG quality.

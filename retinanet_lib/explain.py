@@ -10,7 +10,8 @@ Two answers to a question the blog's box-score map answers a third way:
 * **Occlusion sensitivity** (Zeiler and Fergus, 2014) asks which *pixels* the score needs, with
   no gradient and no knowledge of the network: cover a patch of the image, run the model, and
   record how far the target score falls; slide the patch over the image. The occluded copies
-  are built and run in batches, not one by one.
+  are built and run in batches, not one by one, and each pixel averages the drops of the
+  patches that covered it with the heatmap's difference arrays.
 
 The target is a score computed from the model's `(B, A, 4 + K)` output: by default the
 highest class score over all anchors (`top_anchor_score`), or one anchor's logit
@@ -26,6 +27,8 @@ import cv2
 import keras
 import numpy as np
 import tensorflow as tf
+
+from retinanet_lib.heatmap import covering_mean
 
 __all__ = ["anchor_logit", "grad_cam", "occlusion_map", "top_anchor_score"]
 
@@ -106,7 +109,7 @@ def occlusion_map(
 
     Every `patch_size` square on a `stride` grid is set to `fill_value` in a copy of the
     image; the copies run through the model `batch_size` at a time. A pixel's value is the
-    mean drop over the patches that covered it.
+    mean drop over the patches that covered it (`heatmap.covering_mean`).
 
     Args:
         model: The model.
@@ -142,16 +145,7 @@ def occlusion_map(
         batch = np.where(covered[..., None], fill_value, image[None])
         scores = np.asarray(target(model(batch, training=False)))
         drops[start : start + len(scores)] = base - scores
-    total = np.zeros((height + 1, width + 1), np.float64)  # drops and counts per pixel,
-    count = np.zeros((height + 1, width + 1), np.float64)  # with 2-D difference arrays
-    for corner_rows, corner_cols, sign in (
-        (top_grid, left_grid, 1.0),
-        (top_grid, left_grid + patch_size, -1.0),
-        (top_grid + patch_size, left_grid, -1.0),
-        (top_grid + patch_size, left_grid + patch_size, 1.0),
-    ):
-        np.add.at(total, (corner_rows, corner_cols), sign * drops)
-        np.add.at(count, (corner_rows, corner_cols), sign)
-    total = total.cumsum(0).cumsum(1)[:height, :width]
-    count = count.cumsum(0).cumsum(1)[:height, :width]
-    return np.divide(total, count, out=np.zeros_like(total), where=count > 0).astype(np.float32)
+    patches_xyxy = np.stack(
+        [left_grid, top_grid, left_grid + patch_size, top_grid + patch_size], axis=1
+    )
+    return covering_mean(patches_xyxy, drops, (height, width)).astype(np.float32)

@@ -24,7 +24,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["HEATMAP_REDUCTIONS", "box_coverage", "score_heatmap", "score_heatmap_tf"]
+__all__ = [
+    "HEATMAP_REDUCTIONS",
+    "box_coverage",
+    "covering_mean",
+    "score_heatmap",
+    "score_heatmap_tf",
+]
 
 #: `"mean"`: the blog's average score of the covering boxes. `"score_weighted"`: average
 #: weighted by the scores themselves (sum of s^2 / sum of s), so the many low-score boxes of a
@@ -79,6 +85,34 @@ def box_coverage(boxes_xyxy: TensorLike, image_shape: tuple[int, int]) -> np.nda
     height, width = image_shape
     extents = _pixel_extents(boxes, height, width)
     return _accumulate(extents, np.ones((len(boxes), 1)), height, width)[0]
+
+
+def covering_mean(
+    boxes_xyxy: TensorLike, values: TensorLike, image_shape: tuple[int, int]
+) -> np.ndarray:
+    """Per pixel, the mean of `values` over the boxes covering it; 0 where no box does.
+
+    The blog's mean heatmap without its clip to [0, 1]: `values` may be any numbers (e.g. the
+    score drops of occlusion sensitivity, `explain.occlusion_map`).
+
+    Args:
+        boxes_xyxy: `(N, 4)` boxes in `"xyxy"` pixels of the map.
+        values: `(N,)` one number per box.
+        image_shape: `(height, width)` of the map.
+
+    Returns:
+        `(height, width)` float64 means.
+    """
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    values = np.asarray(values, np.float64).reshape(-1)
+    if len(values) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(values)} values.")
+    height, width = image_shape
+    extents = _pixel_extents(boxes, height, width)
+    channels = np.stack([values, np.ones_like(values)], axis=1)
+    numerator, count = _accumulate(extents, channels, height, width)
+    # Round-off of the prefix sums can leave tiny non-zero counts on uncovered pixels.
+    return np.divide(numerator, count, out=np.zeros_like(numerator), where=count > 0.5)
 
 
 def score_heatmap(

@@ -19,7 +19,7 @@ import hashlib
 import json
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from retinanet_lib.anchors import anchor_level_ids, generate_anchors
-from retinanet_lib.boxes import pairwise_iou, xywh_to_xyxy
+from retinanet_lib.boxes import pairwise_iou, scale_boxes, xywh_to_xyxy
 from retinanet_lib.config import BACKGROUND_CLASS, IGNORE_CLASS, DataConfig, RetinaNetConfig
 from retinanet_lib.dicom_io import read_dicom_header
 from retinanet_lib.encoding import split_targets
@@ -163,7 +163,6 @@ def run_arm(
     splits: DataSplits,
     seed: int,
     first_steps: int = 0,
-    extra_scores: Callable[..., dict] | None = None,
 ) -> ArmResult:
     """Trains `cfg` with `seed` as `train_retinanet` does (best validation-loss checkpoint) and
     scores it on the validation split at a threshold chosen on the training split.
@@ -174,8 +173,6 @@ def run_arm(
         splits: Data (train and validation are used).
         seed: Training seed.
         first_steps: Record the loss of this many first training steps.
-        extra_scores: `(model, cfg, validation, threshold) -> dict` of more columns (e.g.
-            `moved_validation_scores`); `validation` then holds the images.
 
     Returns:
         The row and the trained model.
@@ -197,9 +194,7 @@ def run_arm(
         seconds = time.perf_counter() - start
     train_split = predict_split(result.model, splits.train, cfg)
     threshold, _ = choose_score_threshold(train_split.predictions, train_split.gt_boxes_xyxy, cfg)
-    validation = predict_split(
-        result.model, splits.validation, cfg, keep_images=extra_scores is not None
-    )
+    validation = predict_split(result.model, splits.validation, cfg)
     scores = score_at(validation.predictions, validation.gt_boxes_xyxy, cfg, threshold)
     curve = average_precision_at(validation.predictions, validation.gt_boxes_xyxy, cfg)
     val_loss = result.history.get("val_loss", [np.nan])
@@ -217,8 +212,6 @@ def run_arm(
         "data": splits.data_name,
         "config_id": config_id(cfg),
     }
-    if extra_scores is not None:
-        row.update(extra_scores(result.model, cfg, validation, threshold))
     return ArmResult(
         row, result.model, result.history, recorder.losses, validation, scores.per_image
     )
@@ -284,10 +277,12 @@ def anchor_coverage(records: Records, cfg: RetinaNetConfig) -> pd.DataFrame:
     for index, (path, boxes_xywh) in enumerate(zip(records.paths, records.boxes_xywh, strict=True)):
         if len(boxes_xywh) == 0:
             continue
-        header = read_dicom_header(path)
-        scale_xy = np.array([cfg.image_size / header.Columns, cfg.image_size / header.Rows])
-        boxes_xyxy = np.asarray(xywh_to_xyxy(np.asarray(boxes_xywh, np.float32)))
-        boxes_xyxy = boxes_xyxy * np.tile(scale_xy, 2).astype(np.float32)
+        header = read_dicom_header(path)  # the pipeline's resize factors, new / old
+        boxes_xyxy = scale_boxes(
+            xywh_to_xyxy(boxes_xywh),
+            cfg.image_size / header.Columns,
+            cfg.image_size / header.Rows,
+        )
         iou = np.asarray(pairwise_iou(boxes_xyxy, anchors_xyxy))  # (G, A)
         rows.append(
             pd.DataFrame(

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from retinanet_lib.config import SyntheticConfig
+from retinanet_lib.config import OPACITY_ZONES, SyntheticConfig
 from retinanet_lib.dicom_io import write_dicom_image
 from retinanet_lib.rsna import LABELS_FILE, TEST_IMAGES, TEST_LABELS_FILE, TRAIN_IMAGES
 
@@ -61,11 +61,6 @@ _BODY_AXES = (0.92, 1.25)  # half-width, half-height of the torso ellipse
 _LUNG_CENTER_X = 0.40
 _LUNG_CENTER_Y = -0.02
 _LUNG_AXES = (0.30, 0.62)  # half-width, half-height of each lung field
-#: Where opacity centres are drawn, as a range of heights in units of the lung's half-height
-#: (-1 apex, +1 base). "lower" is RSNA's bias to the lower zones and the data set's default;
-#: "upper" never overlaps it, so a model trained on the default has never seen an opacity
-#: centred there (the position-bias study's test images).
-OPACITY_ZONES = {"lower": (-0.2, 0.6), "upper": (-0.9, -0.45)}
 _WHOLE_LUNG = (-0.6, 0.6)  # faint clutter on negative images
 _APEX_NARROWING = 0.35  # the lung is this much narrower at its top than at mid-height
 _HEART_CENTER = (0.12, 0.36)

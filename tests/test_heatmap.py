@@ -74,3 +74,19 @@ def test_tensorflow_heatmap_equals_the_slow_reference_for_a_batch(reduce):
     for image in range(3):
         expected, _ = heatmap_reference(boxes[image], scores[image], (24, 24), reduce)
         np.testing.assert_allclose(got[image], expected, atol=1e-6)
+
+
+def test_covering_mean_keeps_any_values_unclipped_like_a_loop():
+    from retinanet_lib.heatmap import covering_mean
+
+    rng = np.random.default_rng(4)
+    boxes_xyxy = rng.integers(0, 20, (12, 2)).astype(float)
+    boxes_xyxy = np.concatenate([boxes_xyxy, boxes_xyxy + rng.integers(1, 9, (12, 2))], axis=1)
+    values = rng.normal(0, 3, 12)  # negative and above 1: nothing is clipped
+    expected = np.zeros((24, 24))
+    counts = np.zeros((24, 24))
+    for (x0, y0, x1, y1), value in zip(boxes_xyxy.astype(int), values, strict=True):
+        expected[y0:y1, x0:x1] += value
+        counts[y0:y1, x0:x1] += 1
+    expected = np.divide(expected, counts, out=np.zeros_like(expected), where=counts > 0)
+    np.testing.assert_allclose(covering_mean(boxes_xyxy, values, (24, 24)), expected, atol=1e-9)

@@ -152,8 +152,7 @@ def test_the_test_split_is_labelled_and_drawn_from_its_own_seed(small_root, tmp_
 
 def test_upper_zone_opacities_sit_above_every_default_one():
     """The position-bias test images: same generator, opacity centres moved up only."""
-    from retinanet_lib.config import OPACITY_ZONE_NAMES
-    from retinanet_lib.synthetic import OPACITY_ZONES
+    from retinanet_lib.config import OPACITY_ZONE_NAMES, OPACITY_ZONES
 
     assert set(OPACITY_ZONES) == set(OPACITY_ZONE_NAMES)
     low, high = OPACITY_ZONES["lower"]
