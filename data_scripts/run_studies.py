@@ -84,6 +84,7 @@ from retinanet_lib.studies import (  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "retinanet_lib" / "results"
 FIRST_STEPS = 60
+RESULTS_EXCLUDE = ":(exclude)retinanet_lib/results"  # git pathspec: the studies' output
 #: How the augmentation study moves the validation images: a flip half of the time, up to
 #: 5 degrees of rotation and up to 20 % of the side of shift, far beyond training's 6 %.
 MOVE = DataConfig(horizontal_flip=True, max_rotation_degrees=5.0, max_shift_fraction=0.2)
@@ -223,7 +224,10 @@ LEGACY_STUDIES = ("recipe", "loss", "batch")
 
 
 def _commit() -> str:
-    """The commit the code was at, with "+changes" when the work tree differs from it."""
+    """The commit the code was at, with "+changes" when the work tree differs from it.
+
+    The studies' own output (`retinanet_lib/results/`) does not count as a change: a re-run
+    deletes a study's CSVs first, and the rows it writes are what the study produces."""
     root = Path(__file__).resolve().parent.parent
     head = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
@@ -231,7 +235,7 @@ def _commit() -> str:
     if head.returncode != 0:
         return "unknown"
     dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_EXCLUDE],
         cwd=root,
         capture_output=True,
         text=True,
