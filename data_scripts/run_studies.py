@@ -1,7 +1,8 @@
 """Run the book's multi-seed studies and write their results CSVs (one row per arm and seed).
 
     python data_scripts/run_studies.py recipe          # the CPU-recipe ablation (Results page)
-    python data_scripts/run_studies.py loss            # Chapter 4: CE, balanced CE, focal loss
+    python data_scripts/run_studies.py loss            # Chapter 4: CE, balanced CE, OHEM, focal
+    python data_scripts/run_studies.py imbalance       # Chapter 4: balanced batches of images
     python data_scripts/run_studies.py resolution      # Chapter 5: 128 px against 256 px
     python data_scripts/run_studies.py augmentation    # Chapter 5: the position-bias tests
     python data_scripts/run_studies.py final           # test-split numbers, before and after
@@ -26,6 +27,10 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   test-time augmentation (arm "flip TTA", no retraining).
 * *loss*: also writes `loss_first_steps.csv` (the loss of each of the first 60 training steps)
   and `loss_pr_curves.csv` (validation precision-recall curves).
+* *imbalance*: the natural mix of training images (about 30 % with an opacity) against
+  balanced batches (`DataConfig.positive_image_fraction` 0.5), with image-level recall,
+  precision, F1 and specificity on the validation split (`image_*` columns) and, per image,
+  whether it got a detection (`imbalance_image_level_per_image.csv`).
 * *resolution*: 256 px, 128 px, and 128 px with every anchor halved; with the training boxes
   that have no anchor at IoU >= 0.5 and the positive anchors per box (`anchor_coverage`).
 * *augmentation*: four augmentation settings, each scored on the validation images as they
@@ -70,6 +75,7 @@ from retinanet_lib.evaluate import (  # noqa: E402
     score_at,
 )
 from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
+from retinanet_lib.pipeline import positive_image_mask  # noqa: E402
 from retinanet_lib.splits import DataSplits, load_splits, load_upper_zone_test  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
@@ -210,6 +216,14 @@ FINAL_ARMS: dict[str, Arm] = {
     "CPU default (30 epochs)": lambda cfg, splits: cfg,
 }
 
+IMBALANCE_ARMS: dict[str, Arm] = {
+    "natural mix": lambda cfg, splits: cfg,
+    "balanced batches (50 % positive images)": lambda cfg, splits: _set(
+        cfg, "data", positive_image_fraction=0.5
+    ),
+}
+
+
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),
     "loss": (LOSS_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
@@ -217,6 +231,7 @@ STUDIES = {  # arms, seeds, base configuration
     "augmentation": (AUGMENTATION_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "final": (FINAL_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "batch": (BATCH_ARMS, (0, 1, 2, 3, 4), _batch_base),
+    "imbalance": (IMBALANCE_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
 }
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
@@ -365,12 +380,46 @@ def _loss_extras(name: str, seed: int, result: ArmResult, cfg: RetinaNetConfig) 
         )
 
 
+def _image_level(
+    result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits
+) -> tuple[dict, PerImage]:
+    """ "Does this image have an opacity?" on the validation split, at the run's threshold:
+    image-level recall, precision, F1 and specificity, and per image whether an image with
+    an opacity got a detection (`found`) and one without got one (`false_alarm`), for paired
+    intervals on recall and on the false-alarm rate."""
+    validation = result.validation
+    scores = score_at(
+        validation.predictions, validation.gt_boxes_xyxy, cfg, result.row["score_threshold"]
+    )
+    level = scores.image_level
+    has_opacity = np.array([len(boxes) > 0 for boxes in validation.gt_boxes_xyxy])
+    flagged = (scores.detections_per_image > 0).astype(float)
+    columns = {
+        "image_recall": round(level.recall, 4),
+        "image_precision": round(level.precision, 4),
+        "image_f1": round(level.f1, 4),
+        "image_specificity": round(level.specificity, 4),
+        "positive_images": int(has_opacity.sum()),
+        "train_positive_share": round(float(positive_image_mask(splits.train).mean()), 4),
+    }
+    table = pd.DataFrame(
+        {
+            "image": _names(splits.validation, validation.indices),
+            "has_opacity": has_opacity,
+            "found": np.where(has_opacity, flagged, np.nan),
+            "false_alarm": np.where(has_opacity, np.nan, flagged),
+        }
+    )
+    return columns, {"image_level": table}
+
+
 #: Extra columns of a study, from the trained run: `(result, cfg, splits) -> (columns, tables)`
 #: where `tables` are more per-image scores, written to `<study>_<suffix>_per_image.csv`.
 EXTRA_COLUMNS = {
     "augmentation": _position_scores,
     "resolution": _coverage,
     "final": _test_scores,
+    "imbalance": _image_level,
 }
 
 

@@ -170,6 +170,13 @@ class DataConfig:
             decodes every epoch.
         seed: Seed of the train/validation split. Shuffling and augmentation follow the
             training seed (`TrainConfig.seed`), so several training seeds share one split.
+        positive_image_fraction: Image-level rebalancing, one of the transfer-learning
+            notes' cures for unbalanced labels. `None` trains on the natural mix (about 30 %
+            of the images have an opacity, in the synthetic data as in RSNA). A fraction
+            `f` draws every training image from the images with an opacity with probability
+            `f` and from the others with probability `1 - f`, with replacement: positive
+            images are oversampled and negative ones undersampled, batches are balanced in
+            expectation, and an epoch keeps its number of images (the same training budget).
     """
 
     clahe_clip_limit: float = 2.0
@@ -181,6 +188,7 @@ class DataConfig:
     shuffle_buffer: int = 512
     image_cache: str = "memory"
     seed: int = 0
+    positive_image_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.image_cache not in IMAGE_CACHES:
@@ -197,6 +205,11 @@ class DataConfig:
             raise ValueError("max_rotation_degrees must lie in [0, 45].")
         if not 0.0 <= self.max_shift_fraction < 0.5:
             raise ValueError("max_shift_fraction must lie in [0, 0.5).")
+        fraction = self.positive_image_fraction
+        if fraction is not None and not 0.0 < fraction < 1.0:
+            raise ValueError(
+                f"positive_image_fraction must lie in (0, 1) or be None, got {fraction}."
+            )
 
     @property
     def augments(self) -> bool:

@@ -67,6 +67,7 @@ class DetectionScores:
         false_negatives: `(T,)`.
         image_level: "Has this image an opacity?" from "has it a detection?" (image-level
             recall, precision and F1).
+        detections_per_image: `(I,)` int, the predicted boxes of each image.
     """
 
     rsna_metric: float
@@ -77,6 +78,7 @@ class DetectionScores:
     false_positives: np.ndarray
     false_negatives: np.ndarray
     image_level: ImageLevelScores | None = None
+    detections_per_image: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,7 @@ def rsna_scores(
         false_positives=false_positives.sum(axis=0),
         false_negatives=false_negatives.sum(axis=0),
         image_level=image_level_scores(num_gt[:, 0] > 0, num_pred[:, 0] > 0),
+        detections_per_image=num_pred[:, 0].astype(np.int64),
     )
 
 

@@ -9,7 +9,9 @@ one Python thread. Here the same steps are `tf.data` stages instead:
    converted from the CSV's `"xywh"` to `"xyxy"` once and scaled by the same factor;
 3. `cache()`: the preprocessed 8-bit images are kept (in memory, or in a file), so decoding
    happens once, not every epoch;
-4. training only: `shuffle` and random flip/rotation/shift (stateless, seeded);
+4. training only: `shuffle` (or, with `DataConfig.positive_image_fraction`, a seeded draw
+   from the images with and without an opacity, each cached and shuffled on its own) and
+   random flip/rotation/shift (stateless, seeded);
 5. parallel `map`: backbone preprocessing and label encoding against the anchors;
 6. `batch` and `prefetch`.
 """
@@ -44,6 +46,7 @@ __all__ = [
     "make_dataset",
     "make_records",
     "num_batches",
+    "positive_image_mask",
 ]
 
 
@@ -199,6 +202,77 @@ def load_images(
     return dataset.map(lambda index, image, scale_xy, ok: (index, image, scale_xy))
 
 
+def _cached(
+    records: Records,
+    cfg: RetinaNetConfig,
+    training: bool,
+    cache: bool | str | None,
+    rejects: RejectLog | None,
+) -> tf.data.Dataset:
+    """`(image uint8 (S, S), boxes_xyxy (G, 4))` per readable record, in order, cached."""
+    dataset = _decoded(records, cfg, rejects).map(lambda index, image, boxes: (image, boxes))
+    if cache is None:
+        cache = _default_cache(records, cfg, training)
+    if cache is not False:
+        dataset = dataset.cache("" if cache is True else str(cache))
+    return dataset
+
+
+def _shuffled(dataset: tf.data.Dataset, cfg: RetinaNetConfig, size: int, seed: int):
+    """A new seeded order every epoch."""
+    buffer = min(cfg.data.shuffle_buffer, size)
+    return dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+
+
+def positive_image_mask(records: Records) -> np.ndarray:
+    """`(N,)` bool: which records have at least one box (an opacity)."""
+    return np.array([len(boxes) > 0 for boxes in records.boxes_xywh], bool)
+
+
+def _rebalanced(
+    records: Records,
+    cfg: RetinaNetConfig,
+    cache: bool | str | None,
+    rejects: RejectLog | None,
+) -> tf.data.Dataset:
+    """An endless stream of training images, each drawn from the positive images with
+    probability `cfg.data.positive_image_fraction` and from the negative ones otherwise.
+
+    Each group is decoded, cached and shuffled on its own and repeated without end (a new
+    order every pass), and `sample_from_datasets` picks the group of every draw, seeded. The
+    stream has no epochs: Keras cuts it into epochs of `steps_per_epoch` batches and keeps
+    one iterator across them, so every cache fills in its group's first pass, even when an
+    epoch draws fewer images of a group than it holds (a memory cache that an epoch left
+    half-read would be thrown away and decoded again).
+
+    Raises:
+        ValueError: If one of the two groups is empty (nothing to rebalance).
+    """
+    positive = positive_image_mask(records)
+    groups = {"positive": np.flatnonzero(positive), "negative": np.flatnonzero(~positive)}
+    empty = [name for name, indices in groups.items() if len(indices) == 0]
+    if empty:
+        raise ValueError(
+            f"positive_image_fraction needs images with and without an opacity; the "
+            f"{len(records)} training records have no {empty[0]} image."
+        )
+    branches = []
+    for offset, (name, indices) in enumerate(groups.items()):
+        group = records.subset(indices)
+        group_cache = f"{cache}_{name}" if isinstance(cache, str) else cache
+        branch = _cached(group, cfg, True, group_cache, rejects)
+        branch = _shuffled(branch, cfg, len(group), cfg.train.seed + offset)
+        branches.append(branch.repeat())
+    fraction = cfg.data.positive_image_fraction
+    mixed = tf.data.Dataset.sample_from_datasets(
+        branches,
+        weights=[fraction, 1.0 - fraction],
+        seed=cfg.train.seed,
+        rerandomize_each_iteration=True,
+    )
+    return mixed
+
+
 def make_dataset(
     records: Records,
     cfg: RetinaNetConfig,
@@ -216,7 +290,10 @@ def make_dataset(
             Shuffling and augmentation are seeded with `cfg.train.seed`.
         batch_size: Images per batch.
         training: Shuffle and augment (with `cfg.data`'s settings) and drop the last partial
-            batch; otherwise keep the file order and every image.
+            batch; otherwise keep the file order and every image. With
+            `cfg.data.positive_image_fraction`, training draws images with replacement from
+            the images with and without an opacity, endlessly: take
+            `num_batches(len(records), batch_size, True)` batches as an epoch.
         cache: `True` caches preprocessed images in memory, a string caches them in that file
             (`filename.index` and `filename.data-*`), `False` decodes every epoch; `None`
             follows `cfg.data.image_cache` (`"disk"`: a file in `<data folder>/cache/`).
@@ -233,25 +310,20 @@ def make_dataset(
         raise ValueError("make_dataset got no records.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    dataset = _decoded(records, cfg, rejects).map(lambda index, image, boxes: (image, boxes))
-    if cache is None:
-        cache = _default_cache(records, cfg, training)
-    if cache is not False:
-        dataset = dataset.cache("" if cache is True else str(cache))
-    if training:
-        dataset = dataset.shuffle(
-            min(cfg.data.shuffle_buffer, len(records)),
-            seed=cfg.train.seed,
-            reshuffle_each_iteration=True,
+    if training and cfg.data.positive_image_fraction is not None:
+        dataset = _rebalanced(records, cfg, cache, rejects)
+    else:
+        dataset = _cached(records, cfg, training, cache, rejects)
+        if training:
+            dataset = _shuffled(dataset, cfg, len(records), cfg.train.seed)
+    if training and cfg.data.augments:
+        seeds = tf.data.Dataset.random(seed=cfg.train.seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
+        dataset = dataset.map(
+            lambda sample, seed: augment(sample[0], sample[1], cfg.data, seed),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
         )
-        if cfg.data.augments:
-            seeds = tf.data.Dataset.random(seed=cfg.train.seed, rerandomize_each_iteration=True)
-            dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
-            dataset = dataset.map(
-                lambda sample, seed: augment(sample[0], sample[1], cfg.data, seed),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
     if not encode:
         return dataset
     encoder = LabelEncoder(cfg)

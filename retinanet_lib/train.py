@@ -310,7 +310,8 @@ def fit_retinanet(
         train_dataset: Batches of `(images, targets)` (from `pipeline.make_dataset`).
         val_dataset: Validation batches.
         workdir: Folder for weights, backups and logs.
-        steps_per_epoch: Batches per epoch, for the learning-rate schedule; read from
+        steps_per_epoch: Batches per epoch, for the learning-rate schedule (and for
+            cutting an endless, rebalanced `train_dataset` into epochs); read from
             `train_dataset` when its length is known.
         strategy: Distribution strategy; `default_strategy()` if omitted.
         verbose: Keras `fit` verbosity (1: progress bar).
@@ -368,10 +369,12 @@ def fit_retinanet(
         # A pipeline that skips unreadable files has no length known in advance; Keras then
         # warns at the end of every pass that the input "ran out of data". That is expected.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
+        endless = int(train_dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
         model.fit(
             train_dataset,
             validation_data=val_dataset,
             epochs=cfg.train.epochs,
+            steps_per_epoch=steps_per_epoch if endless else None,  # rebalanced images
             callbacks=callbacks,
             verbose=verbose,
             shuffle=False,

@@ -370,3 +370,6 @@ def test_rsna_scores_report_the_image_level_question_too():
     assert (level.true_positives, level.false_negatives) == (1, 1)
     assert (level.false_positives, level.true_negatives) == (1, 1)
     assert scores.recall == 0.0  # no box is found at IoU 0.5, yet half the images are flagged
+    two = [np.concatenate([far, box]), empty, box, empty]
+    counted = rsna_scores(gt, two, [np.ones(len(p)) for p in two]).detections_per_image
+    np.testing.assert_array_equal(counted, [2, 0, 1, 0])

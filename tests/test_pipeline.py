@@ -108,3 +108,83 @@ def test_make_dataset_follows_the_configured_image_cache(setup):
     in_memory = dataclasses.replace(cfg, data=DataConfig(image_cache="memory"))
     make_dataset(records, in_memory, 2, training=False)
     assert sorted(p.name for p in (root / "cache").iterdir()) == cache_files  # nothing new
+
+
+def _rebalanced_cfg(cfg, fraction):
+    from retinanet_lib.config import DataConfig
+
+    still = DataConfig(
+        horizontal_flip=False,
+        max_rotation_degrees=0.0,
+        max_shift_fraction=0.0,
+        positive_image_fraction=fraction,
+    )
+    return dataclasses.replace(cfg, data=still)
+
+
+def _drawn_records(setup, fraction, draws):
+    """Which record every drawn training image is (by its pixels), and its drawn boxes."""
+    root, labels, cfg = setup
+    records = make_records(root, labels, labels.patient_ids)
+    plain = [
+        (image.numpy().tobytes(), boxes.numpy())
+        for image, boxes in make_dataset(records, cfg, 1, training=False, encode=False)
+    ]
+    index_of = {image: index for index, (image, _) in enumerate(plain)}
+    stream = make_dataset(records, _rebalanced_cfg(cfg, fraction), 1, True, encode=False)
+    drawn, boxes = [], []
+    for image, image_boxes in stream.take(draws):
+        drawn.append(index_of[image.numpy().tobytes()])  # KeyError: not a record's image
+        boxes.append(image_boxes.numpy())
+    return records, plain, np.array(drawn), boxes
+
+
+def test_rebalanced_stream_draws_positive_images_at_the_configured_rate(setup):
+    records, plain, drawn, boxes = _drawn_records(setup, 0.8, 600)
+    positive = np.array([len(b) > 0 for b in records.boxes_xywh])
+    assert abs(positive.mean() - 0.8) > 0.2  # the natural mix (7 of 12) is far from 0.8
+    share = positive[drawn].mean()
+    assert abs(share - 0.8) < 4 * np.sqrt(0.8 * 0.2 / 600)  # binomial: 4 standard errors
+    assert set(drawn) == set(range(len(records)))  # every image is still seen ...
+    counts = np.bincount(drawn, minlength=len(records))
+    assert counts[positive].min() > counts[~positive].max()  # ... positives more often
+    for index, image_boxes in zip(drawn, boxes, strict=True):  # each image keeps its boxes
+        np.testing.assert_array_equal(image_boxes, plain[index][1])
+
+
+def test_rebalanced_stream_is_seeded_and_endless(setup):
+    root, labels, cfg = setup
+    records = make_records(root, labels, labels.patient_ids)
+    rebalanced = _rebalanced_cfg(cfg, 0.5)
+    assert make_dataset(records, rebalanced, 4, True).cardinality() == tf.data.INFINITE_CARDINALITY
+    first = _drawn_records(setup, 0.5, 48)[2]
+    again = _drawn_records(setup, 0.5, 48)[2]
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first[:12], first[12:24])  # not one order repeated
+
+
+def test_rebalancing_needs_both_kinds_of_image(setup):
+    root, labels, cfg = setup
+    negatives = [p for p in labels.patient_ids if len(labels.boxes_xywh[p]) == 0]
+    records = make_records(root, labels, negatives)
+    with pytest.raises(ValueError, match="no positive image"):
+        make_dataset(records, _rebalanced_cfg(cfg, 0.5), 2, training=True)
+    make_dataset(records, _rebalanced_cfg(cfg, 0.5), 2, training=False)  # evaluation: fine
+
+
+def test_rebalanced_disk_caches_one_file_per_group(setup, tmp_path):
+    root, labels, cfg = setup
+    records = make_records(root, labels, labels.patient_ids)
+    target = str(tmp_path / "train")
+    stream = make_dataset(records, _rebalanced_cfg(cfg, 0.5), 2, True, cache=target)
+    list(stream.take(12))
+    names = {p.name.split(".")[0] for p in tmp_path.iterdir()}
+    assert names == {"train_positive", "train_negative"}
+
+
+def test_positive_image_fraction_must_be_a_probability():
+    from retinanet_lib.config import DataConfig
+
+    for bad in (0.0, 1.0, -0.2, 1.5):
+        with pytest.raises(ValueError, match="positive_image_fraction"):
+            DataConfig(positive_image_fraction=bad)

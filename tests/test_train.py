@@ -275,3 +275,49 @@ def test_disk_cache_is_written_in_the_run_folder(tmp_path):
     assert any(name.startswith("val_64px") for name in cached)
     assert not any(name.endswith(".lockfile") for name in cached)
     assert config_for_mode("full").data.image_cache == "disk"
+
+
+class _BatchCounter(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.append(0)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches[-1] += 1
+
+
+def test_rebalanced_training_keeps_the_epoch_length(tmp_path):
+    """The endless rebalanced stream is cut into epochs of as many batches as the natural
+    mix gives, and its two group caches fill completely (no lock file left)."""
+    from retinanet_lib.config import DataConfig, SyntheticConfig
+    from retinanet_lib.pipeline import num_batches
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.synthetic import write_synthetic_rsna
+    from retinanet_lib.train import train_retinanet
+
+    data = SyntheticConfig(num_train=12, num_test=1, positive_fraction=0.5)
+    write_synthetic_rsna(tmp_path / "data", data, False)
+    cfg = dataclasses.replace(
+        TINY,
+        data=DataConfig(image_cache="disk", positive_image_fraction=0.5),
+        train=dataclasses.replace(TINY.train, epochs=2, batch_size=4),
+    )
+    splits = load_splits("cpu", cfg, data_root=tmp_path / "data")
+    counter = _BatchCounter()
+    result = train_retinanet(
+        cfg,
+        splits.train,
+        splits.validation,
+        tmp_path / "run",
+        verbose=0,
+        extra_callbacks=[counter],
+    )
+    assert counter.batches == [num_batches(len(splits.train), 4, training=True)] * 2
+    assert len(result.history["val_loss"]) == 2
+    cached = sorted(p.name for p in (tmp_path / "run" / "cache").iterdir())
+    for group in ("positive", "negative"):
+        assert any(n.startswith("train_") and n.endswith(f"_{group}.index") for n in cached)
+    assert not any(name.endswith(".lockfile") for name in cached)
