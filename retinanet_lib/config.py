@@ -37,6 +37,7 @@ __all__ = [
     "ModelConfig",
     "OPTIMIZERS",
     "PRECISIONS",
+    "PretrainConfig",
     "TrainConfig",
     "EncoderConfig",
     "RetinaNetConfig",
@@ -233,6 +234,20 @@ class ModelConfig:
         class_prior: Initial probability of every anchor's class output: the class head's
             bias is `-log((1 - prior) / prior)`. The paper's 0.01 (`PRIOR_PROBABILITY`);
             0.5 gives a bias of 0, the setting the paper warns against.
+        frozen_backbone_stages: Backbone layers whose names start with one of these stage
+            prefixes followed by "_" are frozen, the lower stages of "unfreeze the top"
+            transfer learning (small backbone: `"stem"`, `"c2"` ... `"c5"`; ResNet50:
+            `"conv1"` ... `"conv5"`). Ignored when `freeze_backbone` freezes it all.
+        freeze_backbone_batchnorm: Freeze every batch-normalisation layer of the backbone
+            (its statistics and its scale and shift), also where the backbone trains, as
+            torchvision's detection models do with a pre-trained backbone
+            (`FrozenBatchNorm2d`). A frozen Keras batch-normalisation layer runs in inference
+            mode, the mode Keras's transfer-learning guide keeps when it fine-tunes: batch
+            statistics of small batches from a new domain would otherwise overwrite the
+            statistics the pre-trained weights were trained with. (The guide calls the base
+            model with `training=False`; in Keras 3 a functional model's outer `training`
+            flag overrides that argument of a nested model, so the library freezes the layers
+            instead.)
     """
 
     backbone: str = "resnet50"
@@ -242,9 +257,12 @@ class ModelConfig:
     head_convs: int = 4
     small_resnet_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     class_prior: float = PRIOR_PROBABILITY
+    frozen_backbone_stages: tuple[str, ...] = ()
+    freeze_backbone_batchnorm: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "small_resnet_widths", tuple(self.small_resnet_widths))
+        object.__setattr__(self, "frozen_backbone_stages", tuple(self.frozen_backbone_stages))
         if not 0.0 < self.class_prior < 1.0:
             raise ValueError(f"class_prior must lie in (0, 1), got {self.class_prior}.")
         if self.backbone not in BACKBONES:
@@ -364,6 +382,13 @@ class TrainConfig:
         max_bad_file_fraction: Training refuses to start (or stops) when more than this
             share of the image files cannot be read; fewer are skipped and reported.
         seed: Seed for weights, data order and augmentation (`retinanet_lib.train.set_seed`).
+        backbone_learning_rate_factor: The backbone's weights train at this multiple of the
+            learning rate (the transfer-learning notes fine-tune pre-trained layers at about
+            1/10 of the rate); the FPN and heads at the rate itself.
+        backbone_frozen_epochs: The backbone's learning rate is 0 for this many first epochs
+            and then `backbone_learning_rate_factor` times the rate: "train the new layers,
+            then unfreeze the backbone" in one run (with `ModelConfig.freeze_backbone_batchnorm`
+            the backbone is then truly frozen, batch-normalisation statistics included)
     """
 
     epochs: int = 25
@@ -378,9 +403,21 @@ class TrainConfig:
     mixed_precision: str = "float32"
     max_bad_file_fraction: float = 0.01
     seed: int = 0
+    backbone_learning_rate_factor: float = 1.0
+    backbone_frozen_epochs: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "learning_rates", tuple(self.learning_rates))
+        if self.backbone_learning_rate_factor < 0:
+            raise ValueError(
+                "backbone_learning_rate_factor must be >= 0, got "
+                f"{self.backbone_learning_rate_factor}."
+            )
+        if not 0 <= self.backbone_frozen_epochs < self.epochs:
+            raise ValueError(
+                "backbone_frozen_epochs must lie in [0, epochs), got "
+                f"{self.backbone_frozen_epochs}."
+            )
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(
                 f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}."
@@ -413,6 +450,11 @@ class TrainConfig:
             return self.learning_rates
         factor = self.batch_size / self.base_batch_size
         return tuple(rate * factor for rate in self.learning_rates)
+
+    @property
+    def scales_backbone_rate(self) -> bool:
+        """Whether the backbone trains at another rate than the rest (at some epoch)."""
+        return self.backbone_learning_rate_factor != 1.0 or self.backbone_frozen_epochs > 0
 
 
 _SECTIONS: dict[str, type] = {
@@ -673,3 +715,33 @@ class SyntheticConfig:
             raise ValueError(
                 f"opacity_zone must be one of {OPACITY_ZONE_NAMES}, got {self.opacity_zone!r}."
             )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pre-training the small backbone on a source task (Chapter 6's transfer learning).
+
+    The source task is image classification, "does this X-ray have an opacity?", on a
+    synthetic set of its own: the same generator as the detection data (same anatomy and
+    opacities), other images (another seed) and another task (one label per image, no boxes).
+    By the transfer-learning notes' rule of thumb it is a *similar* source.
+
+    Attributes:
+        source: The source images (balanced: half of them have an opacity).
+        validation_fraction: Share of the source images held out to watch the classifier.
+        epochs: Passes over the source training images.
+        batch_size: Images per step.
+        learning_rate: Adam's rate.
+        seed: Weights, split and data order.
+    """
+
+    source: SyntheticConfig = field(
+        default_factory=lambda: SyntheticConfig(
+            num_train=600, num_test=1, positive_fraction=0.5, seed=3, test_seed=4
+        )
+    )
+    validation_fraction: float = 0.2
+    epochs: int = 12
+    batch_size: int = 16
+    learning_rate: float = 1.0e-3
+    seed: int = 0

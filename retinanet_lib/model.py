@@ -25,8 +25,10 @@ __all__ = [
     "BackboneWeightsError",
     "RESNET50_FEATURE_LAYERS",
     "backbone_channels",
+    "backbone_of",
     "build_backbone",
     "build_retinanet",
+    "freeze_stages",
     "parameter_counts",
     "split_predictions",
 ]
@@ -113,10 +115,13 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras
 
     Returns:
         A `keras.Model`; with `cfg.freeze_backbone` it has no trainable weights (and its batch
-        normalisation layers run in inference mode).
+        normalisation layers run in inference mode); otherwise the layers of
+        `cfg.frozen_backbone_stages` are frozen, and with `cfg.freeze_backbone_batchnorm`
+        every batch-normalisation layer.
 
     Raises:
         BackboneWeightsError: If requested pre-trained weights cannot be loaded.
+        ValueError: If a stage of `cfg.frozen_backbone_stages` names no layer.
     """
     if cfg.backbone == "resnet50":
         backbone = _resnet50(input_shape, cfg.backbone_weights)
@@ -130,7 +135,28 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras
         if cfg.backbone_weights is not None:
             backbone.load_weights(cfg.backbone_weights)
     backbone.trainable = not cfg.freeze_backbone
+    if not cfg.freeze_backbone:
+        freeze_stages(backbone, cfg.frozen_backbone_stages)
+        if cfg.freeze_backbone_batchnorm:  # frozen batch norm runs in inference mode
+            for layer in backbone.layers:
+                if isinstance(layer, layers.BatchNormalization):
+                    layer.trainable = False
     return backbone
+
+
+def freeze_stages(backbone: keras.Model, stages: tuple[str, ...]) -> None:
+    """Freezes every layer whose name starts with `"<stage>_"` for one of `stages`.
+
+    Raises:
+        ValueError: If a stage names no layer (a typo would otherwise freeze nothing).
+    """
+    for stage in stages:
+        matched = [layer for layer in backbone.layers if layer.name.startswith(f"{stage}_")]
+        if not matched:
+            names = sorted({layer.name.split("_")[0] for layer in backbone.layers})
+            raise ValueError(f"No backbone layer belongs to stage {stage!r}; stages: {names}.")
+        for layer in matched:
+            layer.trainable = False
 
 
 def backbone_channels(cfg: ModelConfig) -> tuple[int, int, int]:
@@ -225,10 +251,15 @@ def split_predictions(predictions: TensorLike) -> tuple[Any, Any]:
     return predictions[..., :4], predictions[..., 4:]
 
 
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model of a `build_retinanet` model (named `backbone_*`)."""
+    return next(layer for layer in model.layers if layer.name.startswith("backbone"))
+
+
 def parameter_counts(model: keras.Model) -> dict[str, dict[str, int]]:
     """Trainable and frozen parameter counts of the backbone, the FPN and the two heads."""
     parts = {
-        "backbone": next(layer for layer in model.layers if layer.name.startswith("backbone")),
+        "backbone": backbone_of(model),
         "fpn": model.get_layer("fpn"),
         "class_head": model.get_layer("class_head"),
         "box_head": model.get_layer("box_head"),

@@ -13,7 +13,13 @@ from keras import ops
 
 from retinanet_lib.config import TrainConfig
 
-__all__ = ["LinearWarmup", "learning_rate_schedule", "make_optimizer"]
+__all__ = [
+    "BackboneRateAdam",
+    "BackboneRateSGD",
+    "LinearWarmup",
+    "learning_rate_schedule",
+    "make_optimizer",
+]
 
 
 @keras.saving.register_keras_serializable(package="retinanet_lib")
@@ -77,19 +83,82 @@ def learning_rate_schedule(
     return LinearWarmup(schedule, warmup_steps) if warmup_steps >= 1 else schedule
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+class _BackboneRate:
+    """Mixin for a Keras optimizer: the backbone's variables train at `factor` times the
+    learning rate, and at 0 during the first `frozen_steps` steps.
+
+    One optimizer with two rates, where Keras has no per-layer learning rate: the update of
+    each variable is computed by the optimizer's own `update_step` with a scaled rate, so its
+    state (momentum, Adam's moments) is the optimizer's usual one. (Scaling the gradients
+    instead would do nothing under Adam, whose steps do not depend on the gradients' scale.)
+    """
+
+    def _set_backbone_rate(self, variables, factor: float, frozen_steps: int) -> None:
+        self._backbone_variables = list(variables)
+        self._backbone_factor = float(factor)
+        self._backbone_frozen_steps = int(frozen_steps)
+        self._backbone_keys: set | None = None
+
+    def backbone_rate_factor(self, dtype: str = "float32"):
+        """The backbone's multiple of the learning rate at the current step (a scalar)."""
+        factor = ops.cast(self._backbone_factor, dtype)
+        if not self._backbone_frozen_steps:
+            return factor
+        frozen = ops.less(self.iterations, self._backbone_frozen_steps)
+        return ops.where(frozen, ops.zeros((), dtype), factor)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._backbone_keys is None:  # keys of the built (possibly distributed) variables
+            self._backbone_keys = {self._var_key(v) for v in self._backbone_variables}
+        if self._var_key(variable) in self._backbone_keys:
+            rate = ops.cast(learning_rate, variable.dtype)
+            learning_rate = rate * self.backbone_rate_factor(variable.dtype)
+        return super().update_step(gradient, variable, learning_rate)
+
+
+class BackboneRateSGD(_BackboneRate, keras.optimizers.SGD):
+    """SGD whose backbone variables train at a multiple of the rate (see `_BackboneRate`)."""
+
+
+class BackboneRateAdam(_BackboneRate, keras.optimizers.Adam):
+    """Adam whose backbone variables train at a multiple of the rate (see `_BackboneRate`)."""
+
+
+def make_optimizer(
+    cfg: TrainConfig, steps_per_epoch: int, backbone_variables: list | None = None
+) -> keras.optimizers.Optimizer:
     """SGD with momentum (the blog's, from keras.io) or Adam, on the piecewise schedule.
 
     With `cfg.mixed_precision == "mixed_float16"` the optimizer is wrapped in a
     `keras.optimizers.LossScaleOptimizer`: float16 gradients of a loss near 1e-3 underflow to
     0 unless the loss is scaled up before back-propagation (and the gradients down after).
     bfloat16 has float32's exponent range and needs no scaling.
+
+    Args:
+        cfg: The training settings.
+        steps_per_epoch: Batches per epoch (for the schedule's boundaries).
+        backbone_variables: The backbone's trainable variables. Needed when `cfg` trains the
+            backbone at another rate (`cfg.scales_backbone_rate`): the optimizer is then a
+            `BackboneRateSGD` / `BackboneRateAdam`.
+
+    Raises:
+        ValueError: If `cfg` scales the backbone's rate and `backbone_variables` is missing.
     """
     schedule = learning_rate_schedule(cfg, steps_per_epoch)
+    scaled = cfg.scales_backbone_rate
+    if scaled and backbone_variables is None:
+        raise ValueError("A backbone learning-rate factor needs the backbone's variables.")
     if cfg.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=cfg.momentum)
+        kind = BackboneRateSGD if scaled else keras.optimizers.SGD
+        optimizer = kind(learning_rate=schedule, momentum=cfg.momentum)
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=schedule)
+        kind = BackboneRateAdam if scaled else keras.optimizers.Adam
+        optimizer = kind(learning_rate=schedule)
+    if scaled:
+        frozen_steps = cfg.backbone_frozen_epochs * steps_per_epoch
+        optimizer._set_backbone_rate(
+            backbone_variables, cfg.backbone_learning_rate_factor, frozen_steps
+        )
     if cfg.mixed_precision == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from retinanet_lib.config import RetinaNetConfig
 from retinanet_lib.losses import RetinaNetLoss
-from retinanet_lib.model import build_retinanet
+from retinanet_lib.model import backbone_of, build_retinanet
 from retinanet_lib.optimizers import LinearWarmup, learning_rate_schedule, make_optimizer
 from retinanet_lib.pipeline import (
     CACHE_FOLDER,
@@ -343,7 +343,9 @@ def fit_retinanet(
     with strategy.scope():
         model = build_retinanet(cfg)
         model.compile(
-            optimizer=make_optimizer(cfg.train, steps_per_epoch),
+            optimizer=make_optimizer(
+                cfg.train, steps_per_epoch, backbone_of(model).trainable_variables
+            ),
             loss=RetinaNetLoss(cfg.num_classes, cfg.loss),
         )
     previous = _read_history(workdir)

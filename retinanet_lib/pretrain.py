@@ -1,0 +1,202 @@
+"""Pre-training the small backbone on a source task, for transfer learning without ImageNet.
+
+ImageNet weights cannot be downloaded on the machines this book is tested on, and the small
+CPU backbone has none anyway. So the library pre-trains it here: an image classifier, "does
+this X-ray have an opacity?", on a synthetic set of its own (`config.PretrainConfig`), whose
+backbone then starts the detector. The weights this module trains with the default settings
+ship with the package (`SHIPPED_BACKBONE_WEIGHTS`, about 1 MB, with a JSON file that records
+how they were made); `data_scripts/pretrain_backbone.py` makes them again. They are **not**
+ImageNet weights: their source is far closer to the detection task than ImageNet is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from retinanet_lib.config import PretrainConfig, RetinaNetConfig
+from retinanet_lib.metrics import image_level_scores
+from retinanet_lib.model import build_backbone
+from retinanet_lib.pipeline import Records, make_dataset, make_records, positive_image_mask
+from retinanet_lib.preprocess import to_model_input
+from retinanet_lib.rsna import LABELS_FILE, data_root, load_rsna_labels, split_patients
+from retinanet_lib.synthetic import ensure_synthetic_rsna
+
+__all__ = [
+    "SHIPPED_BACKBONE_WEIGHTS",
+    "PretrainResult",
+    "build_opacity_classifier",
+    "classification_dataset",
+    "load_pretrain_source",
+    "pretrain_backbone",
+    "read_provenance",
+    "save_backbone_weights",
+]
+
+#: The small backbone pre-trained with `PretrainConfig()` at 256 px (the CPU default's size).
+SHIPPED_BACKBONE_WEIGHTS = Path(__file__).parent / "weights" / "small_resnet_opacity.weights.h5"
+#: Name of the classifier's output layer (one logit: "has an opacity").
+LOGIT_LAYER = "opacity_logit"
+
+
+def load_pretrain_source(cfg: PretrainConfig, root: str | Path | None = None):
+    """The source images, generated on first use in `data_root() / "synthetic_pretrain"`.
+
+    Returns:
+        `(train, validation)` records, split by patient.
+    """
+    folder = Path(root) if root is not None else data_root() / "synthetic_pretrain"
+    folder = ensure_synthetic_rsna(folder, cfg.source, progress=False)
+    labels = load_rsna_labels(folder / LABELS_FILE)
+    train_ids, val_ids = split_patients(labels, cfg.validation_fraction, seed=cfg.seed)
+    return make_records(folder, labels, train_ids), make_records(folder, labels, val_ids)
+
+
+def build_opacity_classifier(cfg: RetinaNetConfig) -> keras.Model:
+    """The detector's backbone (randomly initialised, trainable) with a classification head:
+    global average pooling of C5, then one dense logit.
+
+    Args:
+        cfg: Image size and backbone settings (pre-trained weights and freezing are ignored).
+
+    Returns:
+        `keras.Model` named "opacity_classifier": `(B, S, S, 3)` -> `(B, 1)` logits, with the
+        backbone as its sub-model `backbone_*`.
+    """
+    model_cfg = dataclasses.replace(
+        cfg.model,
+        backbone_weights=None,
+        freeze_backbone=False,
+        frozen_backbone_stages=(),
+        freeze_backbone_batchnorm=False,
+    )
+    size = cfg.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    backbone = build_backbone(model_cfg, (size, size, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs)[-1])
+    logits = keras.layers.Dense(1, name=LOGIT_LAYER)(pooled)
+    return keras.Model(inputs, logits, name="opacity_classifier")
+
+
+def classification_dataset(
+    records: Records, cfg: RetinaNetConfig, batch_size: int, training: bool
+) -> tf.data.Dataset:
+    """Batches of `(images (B, S, S, 3) float32, has_opacity (B, 1) float32)`, through the
+    detector's own pipeline (decoding, CLAHE, resizing, augmentation with `cfg.data`)."""
+    images = make_dataset(records, cfg, batch_size, training, encode=False)
+
+    def to_pair(image, boxes_xyxy):
+        label = tf.cast(tf.shape(boxes_xyxy)[0] > 0, tf.float32)[None]
+        return to_model_input(image, cfg.model.backbone), label
+
+    pairs = images.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return pairs.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """A pre-trained classifier and how it did.
+
+    Attributes:
+        classifier: The classifier (its backbone is what transfers).
+        history: Loss and accuracy per epoch, training and validation.
+        validation: Image-level scores on the source validation images at probability 0.5
+            (`accuracy`, `recall`, `precision`, `specificity`, `images`).
+        seconds: Training time.
+    """
+
+    classifier: keras.Model
+    history: pd.DataFrame
+    validation: dict
+    seconds: float
+
+
+def pretrain_backbone(
+    cfg: RetinaNetConfig,
+    pretrain_cfg: PretrainConfig,
+    train_records: Records,
+    val_records: Records,
+    verbose: int = 0,
+) -> PretrainResult:
+    """Trains `build_opacity_classifier` with binary cross-entropy and Adam.
+
+    Args:
+        cfg: Image size, backbone and augmentation (`cfg.data`) of the detector.
+        pretrain_cfg: Epochs, batch size, learning rate and seed.
+        train_records: Source training images.
+        val_records: Source validation images.
+        verbose: Keras `fit` verbosity.
+
+    Returns:
+        The classifier, its history and its validation scores.
+    """
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=pretrain_cfg.seed))
+    keras.utils.set_random_seed(pretrain_cfg.seed)
+    tf.config.experimental.enable_op_determinism()
+    classifier = build_opacity_classifier(cfg)
+    classifier.compile(
+        optimizer=keras.optimizers.Adam(pretrain_cfg.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")],
+    )
+    train = classification_dataset(train_records, cfg, pretrain_cfg.batch_size, True)
+    val = classification_dataset(val_records, cfg, pretrain_cfg.batch_size, False)
+    start = time.perf_counter()
+    fit = classifier.fit(
+        train, validation_data=val, epochs=pretrain_cfg.epochs, verbose=verbose, shuffle=False
+    )
+    seconds = time.perf_counter() - start
+    logits = classifier.predict(val, verbose=0)[:, 0]
+    truth = positive_image_mask(val_records)
+    level = image_level_scores(truth, logits > 0)
+    validation = {
+        "accuracy": float(np.mean((logits > 0) == truth)),
+        "recall": level.recall,
+        "precision": level.precision,
+        "specificity": level.specificity,
+        "images": len(val_records),
+    }
+    history = pd.DataFrame(fit.history).rename_axis("epoch")
+    history.index += 1
+    return PretrainResult(classifier, history, validation, seconds)
+
+
+def backbone_of_classifier(classifier: keras.Model) -> keras.Model:
+    """The backbone sub-model of `build_opacity_classifier`'s model."""
+    return next(layer for layer in classifier.layers if layer.name.startswith("backbone"))
+
+
+def save_backbone_weights(result: PretrainResult, path: str | Path, provenance: dict) -> Path:
+    """Writes the backbone's weights (`*.weights.h5`, loadable with
+    `ModelConfig(backbone_weights=path)`) and, next to them, a JSON file with `provenance`
+    and the classifier's validation scores.
+
+    Returns:
+        The weights path.
+    """
+    path = Path(path)
+    if not path.name.endswith(".weights.h5"):
+        raise ValueError(f"Keras weights files end in '.weights.h5'; got {path.name}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backbone_of_classifier(result.classifier).save_weights(path)
+    record = {
+        **provenance,
+        "validation": {k: round(float(v), 4) for k, v in result.validation.items()},
+        "train_seconds": round(result.seconds, 1),
+        "final_epoch": {k: round(float(v), 4) for k, v in result.history.iloc[-1].items()},
+    }
+    path.with_suffix("").with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def read_provenance(path: str | Path = SHIPPED_BACKBONE_WEIGHTS) -> dict:
+    """The JSON record written next to a weights file by `save_backbone_weights`."""
+    return json.loads(Path(path).with_suffix("").with_suffix(".json").read_text())

@@ -1,0 +1,1 @@
+"""Weights shipped with the library (see `retinanet_lib.pretrain`)."""
