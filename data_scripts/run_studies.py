@@ -3,6 +3,7 @@
     python data_scripts/run_studies.py recipe          # the CPU-recipe ablation (Results page)
     python data_scripts/run_studies.py loss            # Chapter 4: CE, balanced CE, OHEM, focal
     python data_scripts/run_studies.py imbalance       # Chapter 4: balanced batches of images
+    python data_scripts/run_studies.py transfer        # Chapter 6: transfer-learning levels
     python data_scripts/run_studies.py resolution      # Chapter 5: 128 px against 256 px
     python data_scripts/run_studies.py augmentation    # Chapter 5: the position-bias tests
     python data_scripts/run_studies.py final           # test-split numbers, before and after
@@ -31,6 +32,12 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   balanced batches (`DataConfig.positive_image_fraction` 0.5), with image-level recall,
   precision, F1 and specificity on the validation split (`image_*` columns) and, per image,
   whether it got a detection (`imbalance_image_level_per_image.csv`).
+* *transfer*: Chapter 6's transfer-learning levels with the backbone pre-trained on the
+  synthetic source task (`data_scripts/pretrain_backbone.py`, shipped in
+  `retinanet_lib/weights/`): from scratch; frozen; the top stages unfrozen; everything
+  fine-tuned with the backbone at 1/10 of the rate; and the blog's two attempts (unfrozen from
+  the start; unfrozen after 15 of the 30 epochs). Batch normalisation of a pre-trained
+  backbone stays frozen. Also writes every run's loss curves (`transfer_history.csv`).
 * *resolution*: 256 px, 128 px, and 128 px with every anchor halved; with the training boxes
   that have no anchor at IoU >= 0.5 and the positive anchors per box (`anchor_coverage`).
 * *augmentation*: four augmentation settings, each scored on the validation images as they
@@ -224,6 +231,29 @@ IMBALANCE_ARMS: dict[str, Arm] = {
 }
 
 
+def _pretrained(cfg: RetinaNetConfig, **model_changes) -> RetinaNetConfig:
+    """The CPU default starting from the shipped pre-trained backbone, batch norm frozen."""
+    return _set(
+        cfg, "model", backbone_weights="opacity", freeze_backbone_batchnorm=True, **model_changes
+    )
+
+
+TRANSFER_ARMS: dict[str, Arm] = {
+    "from scratch": lambda cfg, splits: cfg,
+    "frozen backbone (level 2)": lambda cfg, splits: _pretrained(cfg, freeze_backbone=True),
+    "top stages unfrozen (level 3)": lambda cfg, splits: _pretrained(
+        cfg, frozen_backbone_stages=("stem", "c2", "c3")
+    ),
+    "fine-tuned, backbone at 1/10 rate (level 4)": lambda cfg, splits: _set(
+        _pretrained(cfg), "train", backbone_learning_rate_factor=0.1
+    ),
+    "blog: unfrozen from the start": lambda cfg, splits: _pretrained(cfg),
+    "blog: unfrozen after 15 epochs": lambda cfg, splits: _set(
+        _pretrained(cfg), "train", backbone_frozen_epochs=15
+    ),
+}
+
+
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),
     "loss": (LOSS_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
@@ -232,6 +262,7 @@ STUDIES = {  # arms, seeds, base configuration
     "final": (FINAL_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "batch": (BATCH_ARMS, (0, 1, 2, 3, 4), _batch_base),
     "imbalance": (IMBALANCE_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
+    "transfer": (TRANSFER_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
 }
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
@@ -353,6 +384,15 @@ def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -
     }
 
 
+def _write_history(study: str, name: str, seed: int, result: ArmResult) -> None:
+    """Every epoch's training and validation loss, to `<study>_history.csv`."""
+    history = pd.DataFrame({k: np.round(v, 5) for k, v in result.history.items()})
+    history.insert(0, "epoch", np.arange(1, len(history) + 1))
+    history.insert(0, "seed", seed)
+    history.insert(0, "arm", name)
+    append_rows(RESULTS / f"{study}_history.csv", history)
+
+
 def _loss_extras(name: str, seed: int, result: ArmResult, cfg: RetinaNetConfig) -> None:
     steps = pd.DataFrame(
         {
@@ -412,6 +452,9 @@ def _image_level(
     )
     return columns, {"image_level": table}
 
+
+#: Studies that also write every run's loss curves (`<study>_history.csv`).
+HISTORY_STUDIES = ("transfer",)
 
 #: Extra columns of a study, from the trained run: `(result, cfg, splits) -> (columns, tables)`
 #: where `tables` are more per-image scores, written to `<study>_<suffix>_per_image.csv`.
@@ -473,6 +516,8 @@ def run_study(
                 append_rows(RESULTS / f"{stem}_per_image.csv", table)
             if study == "loss":
                 _loss_extras(name, seed, result, seeded)
+            if study in HISTORY_STUDIES:
+                _write_history(study, name, seed, result)
             if study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done:
                 append_row(csv_path, {**_flip_tta_row(result, seeded, splits), "commit": commit})
             elapsed = time.perf_counter() - start

@@ -225,7 +225,9 @@ class ModelConfig:
     Attributes:
         backbone: One of `BACKBONES`: the blog's `"resnet50"` or the CPU-sized
             `"small_resnet"` that trains from scratch in minutes.
-        backbone_weights: `"imagenet"`, a path to a weights file, or `None` (random init).
+        backbone_weights: `"imagenet"` (ResNet50), `"opacity"` (the small backbone
+            pre-trained on a synthetic source task, shipped with the library:
+            `retinanet_lib.pretrain`), a path to a weights file, or `None` (random init).
         freeze_backbone: Train only the FPN and heads (the blog's transfer-learning setup).
         fpn_channels: Width of the pyramid features P3..P7 and of the head convolutions
             (256 in the paper).

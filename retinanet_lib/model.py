@@ -20,6 +20,7 @@ from keras import layers, ops
 from retinanet_lib.anchors import num_anchors
 from retinanet_lib.config import ModelConfig, RetinaNetConfig
 from retinanet_lib.layers import FeaturePyramid, PredictionHead, prior_probability_bias
+from retinanet_lib.weights import OPACITY_WEIGHTS_NAME, SMALL_RESNET_OPACITY
 
 __all__ = [
     "BackboneWeightsError",
@@ -129,10 +130,17 @@ def build_backbone(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> keras
         if cfg.backbone_weights == "imagenet":
             raise BackboneWeightsError(
                 "The small backbone has no ImageNet weights; use backbone_weights=None (train "
-                "from scratch) or a path to weights saved from this architecture."
+                f"from scratch), {OPACITY_WEIGHTS_NAME!r} (the shipped weights pre-trained on "
+                "a synthetic source task) or a path to weights saved from this architecture."
             )
         backbone = _small_resnet(input_shape, cfg.small_resnet_widths)
-        if cfg.backbone_weights is not None:
+        if cfg.backbone_weights == OPACITY_WEIGHTS_NAME:  # shipped: retinanet_lib/weights
+            backbone.load_weights(SMALL_RESNET_OPACITY)
+        elif cfg.backbone_weights is not None:
+            if not Path(cfg.backbone_weights).is_file():
+                raise BackboneWeightsError(
+                    f"Backbone weights file {cfg.backbone_weights} does not exist."
+                )
             backbone.load_weights(cfg.backbone_weights)
     backbone.trainable = not cfg.freeze_backbone
     if not cfg.freeze_backbone:

@@ -29,6 +29,7 @@ from retinanet_lib.pipeline import Records, make_dataset, make_records, positive
 from retinanet_lib.preprocess import to_model_input
 from retinanet_lib.rsna import LABELS_FILE, data_root, load_rsna_labels, split_patients
 from retinanet_lib.synthetic import ensure_synthetic_rsna
+from retinanet_lib.weights import SMALL_RESNET_OPACITY
 
 __all__ = [
     "SHIPPED_BACKBONE_WEIGHTS",
@@ -41,8 +42,9 @@ __all__ = [
     "save_backbone_weights",
 ]
 
-#: The small backbone pre-trained with `PretrainConfig()` at 256 px (the CPU default's size).
-SHIPPED_BACKBONE_WEIGHTS = Path(__file__).parent / "weights" / "small_resnet_opacity.weights.h5"
+#: The small backbone pre-trained with `PretrainConfig()` at 256 px (the CPU default's size);
+#: `ModelConfig(backbone_weights="opacity")` loads it.
+SHIPPED_BACKBONE_WEIGHTS = SMALL_RESNET_OPACITY
 #: Name of the classifier's output layer (one logit: "has an opacity").
 LOGIT_LAYER = "opacity_logit"
 
@@ -92,10 +94,11 @@ def classification_dataset(
     """Batches of `(images (B, S, S, 3) float32, has_opacity (B, 1) float32)`, through the
     detector's own pipeline (decoding, CLAHE, resizing, augmentation with `cfg.data`)."""
     images = make_dataset(records, cfg, batch_size, training, encode=False)
+    backbone = cfg.model.backbone
 
     def to_pair(image, boxes_xyxy):
         label = tf.cast(tf.shape(boxes_xyxy)[0] > 0, tf.float32)[None]
-        return to_model_input(image, cfg.model.backbone), label
+        return to_model_input(image, backbone), label
 
     pairs = images.map(to_pair, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return pairs.batch(batch_size, drop_remainder=training).prefetch(tf.data.AUTOTUNE)
@@ -109,7 +112,8 @@ class PretrainResult:
         classifier: The classifier (its backbone is what transfers).
         history: Loss and accuracy per epoch, training and validation.
         validation: Image-level scores on the source validation images at probability 0.5
-            (`accuracy`, `recall`, `precision`, `specificity`, `images`).
+            (`accuracy`, `recall`, `precision`, `specificity`, `images`), with the weights
+            of the epoch with the lowest validation loss (`best_epoch`), which it keeps.
         seconds: Training time.
     """
 
@@ -126,7 +130,9 @@ def pretrain_backbone(
     val_records: Records,
     verbose: int = 0,
 ) -> PretrainResult:
-    """Trains `build_opacity_classifier` with binary cross-entropy and Adam.
+    """Trains `build_opacity_classifier` with binary cross-entropy and Adam (cosine decay of
+    the rate) and keeps the weights of the epoch with the lowest validation loss, as the
+    detector's training does.
 
     Args:
         cfg: Image size, backbone and augmentation (`cfg.data`) of the detector.
@@ -142,16 +148,29 @@ def pretrain_backbone(
     keras.utils.set_random_seed(pretrain_cfg.seed)
     tf.config.experimental.enable_op_determinism()
     classifier = build_opacity_classifier(cfg)
+    steps = len(train_records) // pretrain_cfg.batch_size
+    rate = keras.optimizers.schedules.CosineDecay(  # settles the weights (and the batch-norm
+        pretrain_cfg.learning_rate,
+        pretrain_cfg.epochs * steps,  # statistics) towards the end
+    )
     classifier.compile(
-        optimizer=keras.optimizers.Adam(pretrain_cfg.learning_rate),
+        optimizer=keras.optimizers.Adam(rate),
         loss=keras.losses.BinaryCrossentropy(from_logits=True),
         metrics=[keras.metrics.BinaryAccuracy(threshold=0.0, name="accuracy")],
     )
     train = classification_dataset(train_records, cfg, pretrain_cfg.batch_size, True)
     val = classification_dataset(val_records, cfg, pretrain_cfg.batch_size, False)
     start = time.perf_counter()
+    best = keras.callbacks.EarlyStopping(  # never stops: keeps the best validation epoch
+        "val_loss", patience=pretrain_cfg.epochs, restore_best_weights=True
+    )
     fit = classifier.fit(
-        train, validation_data=val, epochs=pretrain_cfg.epochs, verbose=verbose, shuffle=False
+        train,
+        validation_data=val,
+        epochs=pretrain_cfg.epochs,
+        verbose=verbose,
+        shuffle=False,
+        callbacks=[best],
     )
     seconds = time.perf_counter() - start
     logits = classifier.predict(val, verbose=0)[:, 0]
@@ -166,6 +185,7 @@ def pretrain_backbone(
     }
     history = pd.DataFrame(fit.history).rename_axis("epoch")
     history.index += 1
+    validation["best_epoch"] = int(history["val_loss"].idxmin())
     return PretrainResult(classifier, history, validation, seconds)
 
 

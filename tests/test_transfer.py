@@ -199,7 +199,41 @@ def test_shipped_weights_load_and_beat_the_majority_class():
     assert record["image_size"] == CPU.image_size
     share = PretrainConfig().source.positive_fraction
     assert record["validation"]["accuracy"] > max(share, 1 - share) + 0.1
-    model_cfg = dataclasses.replace(CPU.model, backbone_weights=str(SHIPPED_BACKBONE_WEIGHTS))
+    model_cfg = dataclasses.replace(CPU.model, backbone_weights="opacity")
     backbone = build_backbone(model_cfg, (CPU.image_size, CPU.image_size, 3))
+    by_path = build_backbone(
+        dataclasses.replace(CPU.model, backbone_weights=str(SHIPPED_BACKBONE_WEIGHTS)),
+        (CPU.image_size, CPU.image_size, 3),
+    )
+    for mine, theirs in zip(backbone.weights, by_path.weights, strict=True):
+        np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+    fresh = build_backbone(CPU.model, (CPU.image_size, CPU.image_size, 3))
+    assert not np.array_equal(backbone.weights[0].numpy(), fresh.weights[0].numpy())
     assert SHIPPED_BACKBONE_WEIGHTS.stat().st_size < 5e6
     assert len(backbone.outputs) == 3
+
+
+def test_transfer_arms_train_the_parts_their_names_say():
+    """Each arm of the transfer study, built: which backbone weights train, at what rate."""
+    from data_scripts.run_studies import TRANSFER_ARMS
+    from retinanet_lib.model import parameter_counts
+
+    trainable = {}
+    for name, make_cfg in TRANSFER_ARMS.items():
+        cfg = make_cfg(CPU, None)
+        model = build_retinanet(dataclasses.replace(cfg, image_size=64))
+        trainable[name] = parameter_counts(model)["backbone"]["trainable"]
+        fresh = name == "from scratch"
+        assert (cfg.model.backbone_weights is None) == fresh, name
+        assert cfg.model.freeze_backbone_batchnorm != fresh, name
+        if "1/10" in name:
+            assert cfg.train.backbone_learning_rate_factor == 0.1
+        if "after 15" in name:
+            assert cfg.train.backbone_frozen_epochs == 15 < cfg.train.epochs
+    assert trainable["frozen backbone (level 2)"] == 0
+    level3, level4 = (
+        trainable["top stages unfrozen (level 3)"],
+        trainable["fine-tuned, backbone at 1/10 rate (level 4)"],
+    )
+    assert 0 < level3 < level4 == trainable["blog: unfrozen from the start"]
+    assert level4 < trainable["from scratch"]  # batch norm's scale and shift stay frozen
