@@ -733,7 +733,10 @@ class PretrainConfig:
         validation_fraction: Share of the source images held out to watch the classifier.
         epochs: Passes over the source training images.
         batch_size: Images per step.
-        learning_rate: Adam's rate.
+        learning_rate: Adam's first rate (cosine decay to 0 over the epochs).
+        batchnorm_momentum: Momentum of the batch-normalisation moving averages during
+            pre-training (Keras's default 0.99 trails a short run; the statistics are
+            recomputed exactly at the end anyway: `pretrain.precise_batchnorm`).
         seed: Weights, split and data order.
     """
 
@@ -746,4 +749,5 @@ class PretrainConfig:
     epochs: int = 12
     batch_size: int = 16
     learning_rate: float = 1.0e-3
+    batchnorm_momentum: float = 0.9
     seed: int = 0

@@ -37,6 +37,7 @@ __all__ = [
     "build_opacity_classifier",
     "classification_dataset",
     "load_pretrain_source",
+    "precise_batchnorm",
     "pretrain_backbone",
     "read_provenance",
     "save_backbone_weights",
@@ -112,8 +113,8 @@ class PretrainResult:
         classifier: The classifier (its backbone is what transfers).
         history: Loss and accuracy per epoch, training and validation.
         validation: Image-level scores on the source validation images at probability 0.5
-            (`accuracy`, `recall`, `precision`, `specificity`, `images`), with the weights
-            of the epoch with the lowest validation loss (`best_epoch`), which it keeps.
+            (`accuracy`, `recall`, `precision`, `specificity`, `images`), after
+            `precise_batchnorm`.
         seconds: Training time.
     """
 
@@ -131,8 +132,8 @@ def pretrain_backbone(
     verbose: int = 0,
 ) -> PretrainResult:
     """Trains `build_opacity_classifier` with binary cross-entropy and Adam (cosine decay of
-    the rate) and keeps the weights of the epoch with the lowest validation loss, as the
-    detector's training does.
+    the rate to 0), then recomputes its batch-normalisation statistics (`precise_batchnorm`)
+    over the training images, unaugmented, as inference sees them.
 
     Args:
         cfg: Image size, backbone and augmentation (`cfg.data`) of the detector.
@@ -148,6 +149,8 @@ def pretrain_backbone(
     keras.utils.set_random_seed(pretrain_cfg.seed)
     tf.config.experimental.enable_op_determinism()
     classifier = build_opacity_classifier(cfg)
+    for layer in _batchnorm_layers(classifier):
+        layer.momentum = pretrain_cfg.batchnorm_momentum
     steps = len(train_records) // pretrain_cfg.batch_size
     rate = keras.optimizers.schedules.CosineDecay(  # settles the weights (and the batch-norm
         pretrain_cfg.learning_rate,
@@ -161,17 +164,11 @@ def pretrain_backbone(
     train = classification_dataset(train_records, cfg, pretrain_cfg.batch_size, True)
     val = classification_dataset(val_records, cfg, pretrain_cfg.batch_size, False)
     start = time.perf_counter()
-    best = keras.callbacks.EarlyStopping(  # never stops: keeps the best validation epoch
-        "val_loss", patience=pretrain_cfg.epochs, restore_best_weights=True
-    )
     fit = classifier.fit(
-        train,
-        validation_data=val,
-        epochs=pretrain_cfg.epochs,
-        verbose=verbose,
-        shuffle=False,
-        callbacks=[best],
+        train, validation_data=val, epochs=pretrain_cfg.epochs, verbose=verbose, shuffle=False
     )
+    plain_train = classification_dataset(train_records, cfg, pretrain_cfg.batch_size, False)
+    precise_batchnorm(classifier, plain_train)
     seconds = time.perf_counter() - start
     logits = classifier.predict(val, verbose=0)[:, 0]
     truth = positive_image_mask(val_records)
@@ -185,8 +182,45 @@ def pretrain_backbone(
     }
     history = pd.DataFrame(fit.history).rename_axis("epoch")
     history.index += 1
-    validation["best_epoch"] = int(history["val_loss"].idxmin())
     return PretrainResult(classifier, history, validation, seconds)
+
+
+def _batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(_batchnorm_layers(layer))
+    return found
+
+
+def precise_batchnorm(model: keras.Model, dataset: tf.data.Dataset) -> int:
+    """Replaces every batch-normalisation layer's moving statistics by their average over
+    the batches of `dataset`, computed with the final weights ("precise BN", as in
+    Detectron2 and pycls; Wu and Johnson, 2021).
+
+    During training the moving averages trail weights that keep changing; a classifier that
+    scored 0.9 on its training batches scored 0.5 on the same images in inference mode (the
+    first pre-training runs here). Only the statistics change, never a weight. The layer's
+    own update `moving = momentum * moving + (1 - momentum) * batch`, run with momentum
+    `(k - 1) / k` at batch `k`, leaves the plain mean of the batch statistics.
+
+    Returns:
+        The number of batches used.
+    """
+    layers = _batchnorm_layers(model)
+    momenta = [layer.momentum for layer in layers]
+    count = 0
+    try:
+        for count, (images, _) in enumerate(dataset, start=1):
+            for layer in layers:
+                layer.momentum = (count - 1) / count
+            model(images, training=True)  # eager: each call reads the momentum just set
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return count
 
 
 def backbone_of_classifier(classifier: keras.Model) -> keras.Model:

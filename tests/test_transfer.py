@@ -237,3 +237,32 @@ def test_transfer_arms_train_the_parts_their_names_say():
     )
     assert 0 < level3 < level4 == trainable["blog: unfrozen from the start"]
     assert level4 < trainable["from scratch"]  # batch norm's scale and shift stay frozen
+
+
+def test_precise_batchnorm_leaves_the_mean_of_the_batch_statistics():
+    import tensorflow as tf
+
+    from retinanet_lib.pretrain import (
+        _batchnorm_layers,
+        backbone_of_classifier,
+        build_opacity_classifier,
+        precise_batchnorm,
+    )
+
+    keras.utils.set_random_seed(0)
+    classifier = build_opacity_classifier(SMALL)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(4, 64, 64, 3)).astype("float32") + shift for shift in (0, 2)]
+    dataset = tf.data.Dataset.from_tensor_slices((np.concatenate(batches), np.zeros((8, 1))))
+    weights_before = [w.numpy().copy() for w in classifier.trainable_weights]
+    assert precise_batchnorm(classifier, dataset.batch(4)) == 2
+    backbone = backbone_of_classifier(classifier)
+    stem = keras.Model(backbone.inputs, backbone.get_layer("stem_conv").output)
+    expected_mean = np.mean([stem(b).numpy().mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    expected_var = np.mean([stem(b).numpy().var(axis=(0, 1, 2)) for b in batches], axis=0)
+    stem_bn = backbone.get_layer("stem_bn")
+    np.testing.assert_allclose(stem_bn.moving_mean.numpy(), expected_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stem_bn.moving_variance.numpy(), expected_var, rtol=1e-3)
+    for before, after in zip(weights_before, classifier.trainable_weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())  # statistics only
+    assert {layer.momentum for layer in _batchnorm_layers(classifier)} == {0.99}  # restored
