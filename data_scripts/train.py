@@ -23,8 +23,10 @@ On a GPU, a larger batch and mixed precision train the blog's setup many times f
 its batch size 1 in float32 (book/performance.md). `--scale-lr` applies the linear scaling
 rule: the configured rates, set for `TrainConfig.base_batch_size` images per step (1 in the
 blog's setup, 8 in the CPU default), are multiplied by `batch size / base batch size`; pair it
-with a short `--warmup-epochs`. `--mixed-precision` stops with a clear error where the
-hardware cannot train in that precision (bfloat16 needs an Ampere or newer GPU).
+with a short `--warmup-epochs`. `--positive-image-fraction 0.5` trains on balanced batches:
+half of the images drawn have an opacity, whatever their share in the data (Chapter 4).
+`--mixed-precision` stops with a clear error where the hardware cannot train in that
+precision (bfloat16 needs an Ampere or newer GPU).
 
 On a terminal Keras shows a progress bar; with the output redirected to a file (a scheduler,
 CI, nohup) it prints one plain line per epoch instead.
@@ -40,7 +42,12 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from retinanet_lib.config import PRECISIONS, config_for_mode, run_mode_from_env  # noqa: E402
+from retinanet_lib.config import (  # noqa: E402
+    PRECISIONS,
+    RetinaNetConfig,
+    config_for_mode,
+    run_mode_from_env,
+)
 from retinanet_lib.evaluate import choose_score_threshold, predict_split, score_at  # noqa: E402
 from retinanet_lib.export import export_inference_model  # noqa: E402
 from retinanet_lib.rejects import TooManyBadFilesError, verify_dicoms  # noqa: E402
@@ -57,6 +64,25 @@ from retinanet_lib.train import (  # noqa: E402
     set_seed,
     train_retinanet,
 )
+
+
+def config_from_args(cfg: RetinaNetConfig, args: argparse.Namespace) -> RetinaNetConfig:
+    """`cfg` with the command line's overrides (an option left out keeps the config's value)."""
+    options = (
+        ("epochs", args.epochs),
+        ("batch_size", args.batch_size),
+        ("warmup_epochs", args.warmup_epochs),
+        ("mixed_precision", args.mixed_precision),
+        ("scale_learning_rate", args.scale_lr or None),
+        ("seed", args.seed),
+        ("max_bad_file_fraction", args.max_bad_fraction),
+    )
+    overrides = {name: value for name, value in options if value is not None}
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    if args.positive_image_fraction is not None:
+        data = dataclasses.replace(cfg.data, positive_image_fraction=args.positive_image_fraction)
+        cfg = dataclasses.replace(cfg, data=data)
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,22 +115,19 @@ def main(argv: list[str] | None = None) -> int:
         help="largest share of unreadable files to skip (default TrainConfig's 0.01)",
     )
     parser.add_argument("--export", default=None, metavar="DIR", help="also write a SavedModel")
+    parser.add_argument(
+        "--positive-image-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="balanced batches: draw images with an opacity with probability F (0.5: half)",
+    )
     args = parser.parse_args(argv)
     mode = run_mode_from_env()
-    cfg = config_for_mode(mode)
-    options = (
-        ("epochs", args.epochs),
-        ("batch_size", args.batch_size),
-        ("warmup_epochs", args.warmup_epochs),
-        ("mixed_precision", args.mixed_precision),
-        ("scale_learning_rate", args.scale_lr or None),
-    )
-    overrides = {name: value for name, value in options if value is not None}
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    if args.max_bad_fraction is not None:
-        overrides["max_bad_file_fraction"] = args.max_bad_fraction
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **overrides))
+    try:
+        cfg = config_from_args(config_for_mode(mode), args)
+    except ValueError as error:  # a setting out of range: say which, no traceback
+        parser.error(str(error))
     try:
         check_mixed_precision(cfg.train.mixed_precision)
     except PrecisionNotSupportedError as error:
@@ -120,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         f"batch size {train.batch_size}, learning rates {rates} ({train.optimizer}, warm-up "
         f"{train.warmup_epochs:g} epochs), precision {train.mixed_precision}"
     )
+    fraction = cfg.data.positive_image_fraction
+    if fraction is not None:
+        print(f"balanced batches: {fraction:.0%} of the training images drawn have an opacity")
     finished = read_run(args.workdir)
     done = finished is not None and finished["epochs"] >= cfg.train.epochs
     if not args.skip_verify and (args.overwrite or not done):

@@ -252,6 +252,7 @@ def test_train_cli_batch_16_in_mixed_precision_logs_plain_lines(precision, tiny_
     command = [sys.executable, str(ROOT / "data_scripts" / "train.py"), str(tmp_path / "run")]
     command += ["--epochs", "2", "--batch-size", "16", "--mixed-precision", precision]
     command += ["--scale-lr", "--warmup-epochs", "1", "--data-root", str(tiny_rsna)]
+    command += ["--positive-image-fraction", "0.5"]  # balanced batches: an endless stream
     with log.open("w") as handle:
         result = subprocess.run(
             command, stdout=handle, stderr=subprocess.STDOUT, timeout=600, cwd=tmp_path
@@ -266,6 +267,19 @@ def test_train_cli_batch_16_in_mixed_precision_logs_plain_lines(precision, tiny_
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert saved["mixed_precision"] == precision and saved["batch_size"] == 16
     assert saved["scale_learning_rate"] is True
+    assert "balanced batches: 50% of the training images drawn have an opacity" in text
+    data = json.loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert data["positive_image_fraction"] == 0.5
+
+
+def test_train_cli_names_a_setting_out_of_range(tmp_path):
+    command = [sys.executable, str(ROOT / "data_scripts" / "train.py"), str(tmp_path / "run")]
+    result = subprocess.run(
+        [*command, "--positive-image-fraction", "1.5"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2
+    assert "positive_image_fraction must lie in (0, 1)" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_training_benchmark_times_each_setting_and_converts_to_hours(tmp_path):
