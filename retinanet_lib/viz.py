@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from retinanet_lib.anchors import anchor_shapes_per_level, feature_map_sizes
@@ -21,9 +22,12 @@ __all__ = [
     "draw_architecture",
     "HeatmapWriter",
     "RCNN_STAGES",
+    "RCNN_TRAINING",
     "draw_detector_pipelines",
     "draw_boxes",
+    "label_boxes",
     "plot_anchor_centers",
+    "plot_nms_before_after",
     "plot_history",
     "show_heatmap",
     "show_image",
@@ -85,6 +89,73 @@ def draw_boxes(
     )
     ax.add_collection(collection)
     return ax
+
+
+def label_boxes(
+    ax: Axes, boxes_xyxy: TensorLike, texts: list[str], color: str = "yellow", size: float = 8
+) -> Axes:
+    """Writes one text at the top-left corner of each box, on a dark background.
+
+    Args:
+        ax: Target axes (image coordinates).
+        boxes_xyxy: `(N, 4)` boxes in `"xyxy"` pixels.
+        texts: `N` labels, e.g. scores.
+        color: Text colour.
+        size: Font size in points.
+
+    Returns:
+        `ax`.
+    """
+    boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+    if len(texts) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(texts)} labels.")
+    for (x0, y0, _, _), text in zip(boxes, texts, strict=True):
+        ax.text(
+            x0,
+            y0,
+            text,
+            color=color,
+            fontsize=size,
+            va="bottom",
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 1, "linewidth": 0},
+        )
+    return ax
+
+
+def plot_nms_before_after(
+    image: TensorLike,
+    candidates_xyxy: TensorLike,
+    kept_xyxy: TensorLike,
+    kept_scores: TensorLike,
+    gt_boxes_xyxy: TensorLike,
+    figsize: tuple[float, float] = (11.0, 5.6),
+) -> Figure:
+    """Two panels: the highest-scoring candidate boxes before NMS, and the boxes NMS keeps,
+    each labelled with its score; ground truth in red on both.
+
+    Args:
+        image: `(H, W)` image.
+        candidates_xyxy: `(N, 4)` boxes before NMS (e.g. the 60 best).
+        kept_xyxy: `(K, 4)` boxes after the score threshold and NMS.
+        kept_scores: `(K,)` their scores.
+        gt_boxes_xyxy: `(G, 4)` ground-truth boxes.
+        figsize: Figure size in inches.
+
+    Returns:
+        The figure.
+    """
+    candidates = np.asarray(candidates_xyxy).reshape(-1, 4)
+    kept = np.asarray(kept_xyxy).reshape(-1, 4)
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
+    show_image(axes[0], image, title=f"{len(candidates)} highest-scoring boxes, no NMS")
+    draw_boxes(axes[0], candidates, color="yellow", linewidth=0.7)
+    show_image(axes[1], image, title=f"after the score threshold and NMS: {len(kept)} boxes")
+    draw_boxes(axes[1], kept, color="yellow", linewidth=1.5)
+    label_boxes(axes[1], kept, [f"{score:.2f}" for score in np.asarray(kept_scores)])
+    for ax in axes:
+        draw_boxes(ax, gt_boxes_xyxy, color="red", linewidth=2)
+    fig.tight_layout()
+    return fig
 
 
 def show_image(ax: Axes, image: TensorLike, title: str | None = None) -> Axes:
@@ -168,7 +239,8 @@ def show_heatmap(
         image: `(H, W)` grayscale X-ray.
         heatmap: `(H, W)` box scores in [0, 1] (same pixel grid as `image`).
         gt_boxes_xyxy: Ground-truth boxes, drawn in red; skipped when `None`.
-        pred_boxes_xyxy: Detections after NMS, drawn dashed white; skipped when `None`.
+        pred_boxes_xyxy: Detections after NMS, drawn dashed white on a black edge; skipped
+            when `None`.
         alpha: Opacity of the heatmap.
         colorbar: Add a colour bar labelled `label` (it shows the real values whatever the
             range).
@@ -189,7 +261,8 @@ def show_heatmap(
         ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=label)
     if gt_boxes_xyxy is not None:
         draw_boxes(ax, gt_boxes_xyxy, color="red", linewidth=2.0)
-    if pred_boxes_xyxy is not None:
+    if pred_boxes_xyxy is not None:  # a black edge keeps white visible on every colour
+        draw_boxes(ax, pred_boxes_xyxy, color="black", linewidth=3.0, alpha=0.7)
         draw_boxes(ax, pred_boxes_xyxy, color="white", linewidth=1.5, linestyle="--")
     _clamp_to_image(ax, heatmap.shape)
     return ax
@@ -382,7 +455,7 @@ def plot_heatmap_gallery(
         rows: Row label -> `N` heatmaps (same pixel grid as the images).
         titles: `N` column titles.
         gt_boxes_xyxy: Optional `N` ground-truth box arrays, drawn red (on the plain row too).
-        pred_boxes_xyxy: Optional `N` detection arrays, drawn dashed white.
+        pred_boxes_xyxy: Optional `N` detection arrays, drawn dashed white on a black edge.
         panel_size: Side of one panel in inches.
         plain_row: Start with a row of the X-rays without any overlay.
         label: Colour-bar label: what the maps' values are; a dict gives each row its own
@@ -601,18 +674,30 @@ RCNN_STAGES = (
     "selective\nsearch:\n~2,000\nproposals",
     "warp each\nto 227\nx 227",
     "AlexNet,\nfine-tuned:\n2,000 passes",
-    "SVM per\nclass (hard\nnegatives),\nbox regressor",
+    "SVM per\nclass,\nbox\nregressor",
     "NMS",
 )
 
 
-def draw_detector_pipelines(ax: Axes, num_anchors: int, image_size: int) -> Axes:
-    """R-CNN's two-stage pipeline above RetinaNet's one-stage pipeline, stage by stage.
+#: What each pipeline's classifier is trained on, written under its row.
+RCNN_TRAINING = (
+    "training: batches of 128 regions, 32 positive : 96 background; "
+    "SVMs retrained on their hard negatives"
+)
+
+
+def draw_detector_pipelines(
+    ax: Axes, num_anchors: int, image_size: int, background_per_positive: float | None = None
+) -> Axes:
+    """R-CNN's two-stage pipeline above RetinaNet's one-stage pipeline, stage by stage (what
+    runs at inference), each with a line on what its classifier is trained on.
 
     Args:
-        ax: Target axes (about 11 x 3.6 inches).
+        ax: Target axes (about 11 x 4.2 inches).
         num_anchors: RetinaNet's anchors at `image_size` (`anchors.num_anchors`).
         image_size: Side of RetinaNet's square input.
+        background_per_positive: Measured background anchors per positive one, written on
+            RetinaNet's training line when given.
 
     Returns:
         `ax`.
@@ -625,17 +710,34 @@ def draw_detector_pipelines(ax: Axes, num_anchors: int, image_size: int) -> Axes
         "decode,\nthreshold",
         "NMS",
     )
+    retinanet_training = f"training: every one of the {num_anchors:,} anchors is scored"
+    if background_per_positive is not None:
+        retinanet_training += f", about {background_per_positive:,.0f} background : 1 positive"
     ax.set_xlim(0, 12)
-    ax.set_ylim(-0.2, 4.6)
+    ax.set_ylim(-1.0, 5.0)
     ax.axis("off")
-    for y, title, stages, color in (
-        (3.1, "R-CNN (two stages): propose, then classify each region", RCNN_STAGES, "#f4cccc"),
-        (0.8, "RetinaNet (one stage): score every anchor at once", retinanet_stages, "#d9ead3"),
-    ):
+    rows = (
+        (
+            3.4,
+            "R-CNN (two stages): propose, then classify each region",
+            RCNN_STAGES,
+            RCNN_TRAINING,
+            "#f4cccc",
+        ),
+        (
+            0.9,
+            "RetinaNet (one stage): score every anchor at once",
+            retinanet_stages,
+            retinanet_training,
+            "#d9ead3",
+        ),
+    )
+    for y, title, stages, training, color in rows:
         ax.text(0.1, y + 1.15, title, fontsize=_DIAGRAM_FONT + 1, weight="bold", va="center")
         xs = np.linspace(0.7, 11.3, len(stages))
         for index, (x, text) in enumerate(zip(xs, stages, strict=True)):
             _label(ax, x, y, text, color, fontsize=_DIAGRAM_FONT - 1)
             if index:
                 _arrow(ax, (xs[index - 1] + 0.8, y), (x - 0.8, y))
+        ax.text(0.1, y - 0.95, training, fontsize=_DIAGRAM_FONT - 1, style="italic", va="center")
     return ax

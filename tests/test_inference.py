@@ -240,3 +240,20 @@ def test_library_nms_equals_the_three_steps_on_crowded_images(iou_threshold):
         assert len(kept) > 1  # crowded, yet more than one box survives
         np.testing.assert_allclose(library_boxes, boxes_xyxy[image][kept], atol=1e-5)
         np.testing.assert_allclose(library_scores, scores[image, kept, 0], atol=1e-6)
+
+
+def test_nms_is_greedy_a_removed_box_removes_nothing():
+    """A > B > C in score; A overlaps B and B overlaps C above the threshold, A and C do not
+    overlap: greedy NMS keeps A and C (B, removed by A, cannot remove C); a rule "keep only
+    the best of each overlapping group" would keep A alone."""
+    from retinanet_lib.inference import non_max_suppression
+
+    boxes_xyxy = np.array([[0, 0, 10, 10], [4, 0, 14, 10], [8, 0, 18, 10]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    assert _nms_three_steps(boxes_xyxy, scores, 0.1, 0.4) == [0, 2]  # IoU(A,B) = 6/14 > 0.4
+    decode_cfg = DecodeConfig(score_threshold=0.1, nms_iou_threshold=0.4)
+    library_boxes, library_scores, _ = non_max_suppression(
+        boxes_xyxy[None], scores[None, :, None], decode_cfg
+    ).for_image(0)
+    np.testing.assert_allclose(library_boxes, boxes_xyxy[[0, 2]])
+    np.testing.assert_allclose(library_scores, [0.9, 0.7])

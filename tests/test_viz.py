@@ -154,8 +154,13 @@ def test_plot_seeds_draws_the_reference_mean_across_the_rows():
 
 def test_detector_pipelines_show_both_pipelines_stage_by_stage():
     figure, ax = plt.subplots(figsize=(11, 4.2))
-    viz.draw_detector_pipelines(ax, num_anchors=49104, image_size=512)
+    viz.draw_detector_pipelines(ax, num_anchors=49104, image_size=512, background_per_positive=990)
     texts = [t.get_text() for t in ax.texts]
+    training = [t for t in texts if t.startswith("training:")]
+    assert training == [
+        viz.RCNN_TRAINING,
+        "training: every one of the 49,104 anchors is scored, about 990 background : 1 positive",
+    ]
     assert sum("R-CNN" in t for t in texts) == 1 and sum("RetinaNet" in t for t in texts) == 1
     boxed = [t for t in ax.texts if t.get_bbox_patch() is not None]
     assert len(boxed) == 2 * len(viz.RCNN_STAGES)  # one box per stage, both rows
@@ -189,4 +194,20 @@ def test_gallery_rows_can_name_what_their_values_are():
         "relative weight",
         "score drop",
     ]
+    plt.close(figure)
+
+
+def test_nms_figure_labels_every_kept_box_with_its_score():
+    image = np.zeros((32, 32), np.uint8)
+    candidates = np.array([[1, 1, 10, 10], [2, 2, 11, 11], [20, 20, 30, 30]], np.float32)
+    kept, scores = candidates[[0, 2]], np.array([0.91, 0.234])
+    gt = np.array([[1, 1, 9, 9]], np.float32)
+    figure = viz.plot_nms_before_after(image, candidates, kept, scores, gt)
+    before, after = figure.axes
+    assert "3 highest-scoring" in before.get_title() and "2 boxes" in after.get_title()
+    assert [t.get_text() for t in after.texts] == ["0.91", "0.23"]
+    assert [t.get_position() for t in after.texts] == [(1.0, 1.0), (20.0, 20.0)]
+    assert len(before.collections) == len(after.collections) == 2  # boxes + ground truth
+    with pytest.raises(ValueError, match="2 boxes but 1 labels"):
+        viz.label_boxes(after, kept, ["x"])
     plt.close(figure)
