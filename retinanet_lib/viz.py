@@ -714,18 +714,18 @@ def draw_detector_pipelines(
     if background_per_positive is not None:
         retinanet_training += f", about {background_per_positive:,.0f} background : 1 positive"
     ax.set_xlim(0, 12)
-    ax.set_ylim(-1.0, 5.0)
+    ax.set_ylim(-0.6, 5.2)
     ax.axis("off")
     rows = (
         (
-            3.4,
+            3.7,
             "R-CNN (two stages): propose, then classify each region",
             RCNN_STAGES,
             RCNN_TRAINING,
             "#f4cccc",
         ),
         (
-            0.9,
+            0.6,
             "RetinaNet (one stage): score every anchor at once",
             retinanet_stages,
             retinanet_training,
