@@ -268,3 +268,39 @@ def test_precise_batchnorm_leaves_the_mean_of_the_batch_statistics():
     for before, after in zip(weights_before, classifier.trainable_weights, strict=True):
         np.testing.assert_array_equal(before, after.numpy())  # statistics only
     assert {layer.momentum for layer in _batchnorm_layers(classifier)} == {0.99}  # restored
+
+
+def test_fit_keeps_the_backbone_still_for_its_frozen_epochs_then_trains_it(tmp_path):
+    """Through the real training loop (`fit_retinanet`): with `backbone_frozen_epochs=1` the
+    backbone's weights are unchanged after epoch 1 while the heads move, and change in
+    epoch 2; batch normalisation frozen, so nothing moves its statistics either."""
+    from retinanet_lib.train import fit_retinanet
+
+    from .test_train import TINY, tiny_datasets
+
+    cfg = dataclasses.replace(
+        TINY,
+        model=dataclasses.replace(TINY.model, freeze_backbone_batchnorm=True),
+        train=dataclasses.replace(TINY.train, epochs=2, backbone_frozen_epochs=1),
+    )
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            backbone = backbone_of(self.model)
+            head = self.model.get_layer("class_head")
+            snapshots.append(
+                ([w.numpy().copy() for w in backbone.weights], head.weights[0].numpy().copy())
+            )
+
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(cfg)
+    start = build_retinanet(cfg)  # the same seed builds the same initial weights
+    keras.utils.set_random_seed(0)
+    fit_retinanet(cfg, train, val, tmp_path, verbose=0, extra_callbacks=[Snapshot()])
+    initial = [w.numpy() for w in backbone_of(start).weights]
+    (after_1, head_1), (after_2, _) = snapshots
+    for before, after in zip(initial, after_1, strict=True):
+        np.testing.assert_array_equal(before, after)
+    assert not np.array_equal(head_1, start.get_layer("class_head").weights[0].numpy())
+    assert any(not np.array_equal(a, b) for a, b in zip(after_1, after_2, strict=True))
