@@ -266,7 +266,7 @@ STUDIES = {  # arms, seeds, base configuration
 }
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
-LEGACY_STUDIES = ("recipe", "loss", "batch")
+LEGACY_STUDIES = ("recipe", "batch")
 
 
 def _commit() -> str:
