@@ -163,3 +163,23 @@ def test_every_study_with_paired_claims_has_its_per_image_scores():
         assert (counts == table["val_images"].iloc[0]).all(), name
         scores = per_image["rsna_score"].dropna()
         assert ((scores >= 0) & (scores <= 1)).all() and np.isfinite(scores).all()
+
+
+def test_image_level_rows_agree_with_their_per_image_flags():
+    """The imbalance study's image-level columns, recomputed from its per-image flags."""
+    tables = _committed_tables()
+    folder = resources.files(RESULTS_PACKAGE)
+    with (folder / "imbalance_image_level_per_image.csv").open() as handle:
+        flags = pd.read_csv(handle)
+    study = tables["imbalance"].set_index(["arm", "seed"])
+    for (arm, seed), run in flags.groupby(["arm", "seed"]):
+        row = study.loc[(arm, seed)]
+        positives = run[run["has_opacity"]]
+        negatives = run[~run["has_opacity"]]
+        assert positives["false_alarm"].isna().all() and negatives["found"].isna().all()
+        assert len(positives) == row["positive_images"]
+        assert positives["found"].mean() == pytest.approx(row["image_recall"], abs=1e-4)
+        specificity = 1.0 - negatives["false_alarm"].mean()
+        assert specificity == pytest.approx(row["image_specificity"], abs=1e-4)
+        flagged = positives["found"].sum() + negatives["false_alarm"].sum()
+        assert positives["found"].sum() / flagged == pytest.approx(row["image_precision"], abs=1e-4)
