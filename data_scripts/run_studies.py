@@ -37,7 +37,9 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   `retinanet_lib/weights/`): from scratch; frozen; the top stages unfrozen; everything
   fine-tuned with the backbone at 1/10 of the rate; and the blog's two attempts (unfrozen from
   the start; unfrozen after 15 of the 30 epochs). Batch normalisation of a pre-trained
-  backbone stays frozen. Also writes every run's loss curves (`transfer_history.csv`).
+  backbone stays frozen. Also writes every run's loss curves (`transfer_history.csv`) and,
+  as the final study does, its test-split score at the validation-chosen threshold (`test_*`
+  columns, `transfer_test_per_image.csv`), read only for the arm chosen on validation.
 * *resolution*: 256 px, 128 px, and 128 px with every anchor halved; with the training boxes
   that have no anchor at IoU >= 0.5 and the positive anchors per box (`anchor_coverage`).
 * *augmentation*: four augmentation settings, each scored on the validation images as they
@@ -463,6 +465,7 @@ EXTRA_COLUMNS = {
     "resolution": _coverage,
     "final": _test_scores,
     "imbalance": _image_level,
+    "transfer": _test_scores,  # the winner's final number; the chapter reads no other arm's
 }
 
 
