@@ -15,12 +15,15 @@ Two answers to a question the blog's box-score map answers a third way:
 
 The target is a score computed from the model's `(B, A, 4 + K)` output: by default the
 highest class score over all anchors (`top_anchor_score`), or one anchor's logit
-(`anchor_logit`).
+(`anchor_logit`) or score (`anchor_score`). `explanation_cases` chooses which anchor to explain
+on which image (a true positive, a false positive, a missed opacity, a negative image), and
+`explain_anchor` computes the blog's map, Grad-CAM and occlusion for one of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -28,9 +31,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retinanet_lib.heatmap import covering_mean
+from retinanet_lib.anchors import anchor_level_ids, generate_anchors
+from retinanet_lib.boxes import pairwise_iou
+from retinanet_lib.config import RetinaNetConfig
+from retinanet_lib.heatmap import covering_mean, score_heatmap
+from retinanet_lib.inference import decode_all
+from retinanet_lib.metrics import match_detections, pad_boxes, pairwise_iou_batched
 
-__all__ = ["anchor_logit", "grad_cam", "occlusion_map", "top_anchor_score"]
+__all__ = [
+    "Case",
+    "anchor_logit",
+    "anchor_score",
+    "anchor_score_of",
+    "best_anchor_for_box",
+    "explain_anchor",
+    "explanation_cases",
+    "grad_cam",
+    "occlusion_map",
+    "top_anchor_score",
+]
 
 TensorLike = Any
 Target = Callable[[Any], Any]  # (B, A, 4 + K) predictions -> (B,) scores
@@ -49,6 +68,146 @@ def anchor_logit(anchor_index: int, class_index: int = 0) -> Target:
         return predictions[:, anchor_index, 4 + class_index]
 
     return target
+
+
+def anchor_score(anchor_index: int, class_index: int = 0) -> Target:
+    """A target: the class score (sigmoid of the logit) of one anchor, per image."""
+
+    def target(predictions: TensorLike) -> Any:
+        return tf.sigmoid(predictions[:, anchor_index, 4 + class_index])
+
+    return target
+
+
+def best_anchor_for_box(
+    prediction: TensorLike, box_xyxy: TensorLike, cfg: RetinaNetConfig, min_iou: float = 0.5
+) -> int:
+    """The anchor whose *decoded* box is the model's best attempt at `box_xyxy`.
+
+    Among the anchors whose decoded box overlaps `box_xyxy` by an IoU above `min_iou`, the one
+    with the highest class score; where none does, the anchor with the highest IoU. For a
+    detection that NMS kept, this is the anchor that produced it (NMS removed every
+    higher-scoring box above its IoU threshold); for a missed ground-truth box, it is the
+    model's most confident guess at that box.
+
+    Args:
+        prediction: `(A, 4 + K)` one image's model output.
+        box_xyxy: `(4,)` the box, in model-input pixels.
+        cfg: The model's config (anchors, box variance).
+        min_iou: The overlap that counts as "an attempt at the box".
+
+    Returns:
+        The anchor's index into the `A` predictions.
+    """
+    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    decoded_xyxy, probabilities = decode_all(np.asarray(prediction)[None], anchors_xyxy, cfg)
+    box = np.asarray(box_xyxy, np.float32).reshape(1, 4)
+    iou = np.asarray(pairwise_iou(box, decoded_xyxy[0]))[0]  # (A,)
+    scores = np.asarray(probabilities)[0].max(axis=-1)  # (A,)
+    if (iou > min_iou).any():
+        return int(np.argmax(np.where(iou > min_iou, scores, -1.0)))
+    return int(np.argmax(iou))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One anchor to explain on one image.
+
+    Attributes:
+        image: Index of the image in the split's predictions.
+        label: What the case is ("true positive", "false positive", "missed opacity",
+            "negative image").
+        anchor: Index of the anchor whose score is explained.
+        box_xyxy: `(4,)` the box the case is about (the detection, or the missed ground truth);
+            for the negative image, the anchor's decoded box.
+        score: The anchor's class score.
+    """
+
+    image: int
+    label: str
+    anchor: int
+    box_xyxy: np.ndarray
+    score: float
+
+
+def explanation_cases(
+    predictions: np.ndarray,
+    detections: Sequence[tuple[np.ndarray, np.ndarray]],
+    gt_boxes_xyxy: Sequence[np.ndarray],
+    cfg: RetinaNetConfig,
+    match_iou: float = 0.5,
+) -> list[Case]:
+    """Four cases to explain, one of each kind, from one split.
+
+    * **true positive**: the highest-scoring detection that hits a ground-truth box;
+    * **false positive**: the highest-scoring detection that hits none;
+    * **missed opacity**: the largest ground-truth box that no detection overlaps at IoU
+      `match_iou`, explained through the model's best attempt at it (`best_anchor_for_box`);
+    * **negative image**: of the images without an opacity, the one whose most confident
+      anchor scores highest, explained through that anchor.
+
+    Hits follow the metric's matching at IoU `match_iou` (`metrics.match_detections`). Ties go
+    to the first image.
+
+    Args:
+        predictions: `(N, A, 4 + K)` the split's model outputs.
+        detections: `N` pairs `(boxes_xyxy (n, 4), scores (n,))`: what the model reported
+            (after the score threshold and NMS).
+        gt_boxes_xyxy: `N` ground-truth arrays `(m, 4)`.
+        cfg: The model's config.
+        match_iou: The IoU at which a detection hits a ground-truth box.
+
+    Returns:
+        The four cases, in the order above.
+
+    Raises:
+        ValueError: When the split has no case of one kind (it says which).
+    """
+    predictions = np.asarray(predictions, np.float32)
+    truth = [np.asarray(t, np.float32).reshape(-1, 4) for t in gt_boxes_xyxy]
+    boxes_xyxy, scores, valid, hit = match_detections(
+        truth, [d[0] for d in detections], [d[1] for d in detections], match_iou
+    )
+    truth_xyxy, truth_valid = pad_boxes(truth)  # (I, G, 4), (I, G)
+    iou = pairwise_iou_batched(truth_xyxy, boxes_xyxy)  # (I, G, N)
+    overlaps = np.where(valid[:, None, :], iou, 0.0).max(axis=-1, initial=0.0)  # (I, G)
+    missed = truth_valid & (overlaps < match_iou)  # (I, G)
+    sides = np.clip(truth_xyxy[..., 2:] - truth_xyxy[..., :2], 0, None)
+    areas = np.where(missed, sides.prod(axis=-1), -1.0)
+    top_scores = 1 / (1 + np.exp(-predictions[..., 4:].max(axis=(1, 2))))  # (I,)
+    negative = ~truth_valid.any(axis=1)
+    picks = {
+        "true positive": (np.where(hit, scores, -1.0), boxes_xyxy),
+        "false positive": (np.where(valid & ~hit, scores, -1.0), boxes_xyxy),
+        "missed opacity": (areas, truth_xyxy),
+    }
+    cases, absent = [], []
+    for label, (keys, candidates_xyxy) in picks.items():
+        if keys.size == 0 or keys.max() < 0:
+            absent.append(label)
+            continue
+        index, slot = np.unravel_index(np.argmax(keys), keys.shape)  # first of ties
+        box = candidates_xyxy[index, slot]
+        anchor = best_anchor_for_box(predictions[index], box, cfg)
+        score = anchor_score_of(predictions[index], anchor)
+        cases.append(Case(int(index), label, anchor, box, score))
+    if not negative.any():
+        absent.append("negative image")
+    if absent:
+        raise ValueError(f"The split has no case of these kinds: {', '.join(absent)}.")
+    index = int(np.argmax(np.where(negative, top_scores, -1.0)))
+    anchor = int(np.argmax(predictions[index, :, 4:].max(axis=-1)))
+    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    decoded_xyxy, _ = decode_all(predictions[index : index + 1], anchors_xyxy, cfg)
+    box = np.asarray(decoded_xyxy)[0, anchor]
+    score = anchor_score_of(predictions[index], anchor)
+    cases.append(Case(index, "negative image", anchor, box, score))
+    return cases
+
+
+def anchor_score_of(prediction: np.ndarray, anchor: int) -> float:
+    """The class score of one anchor in one image's `(A, 4 + K)` output."""
+    return float(1 / (1 + np.exp(-np.max(prediction[anchor, 4:]))))
 
 
 def _feature_model(model: keras.Model, layer_name: str, output_index: int | None) -> keras.Model:
@@ -149,3 +308,47 @@ def occlusion_map(
         [left_grid, top_grid, left_grid + patch_size, top_grid + patch_size], axis=1
     )
     return covering_mean(patches_xyxy, drops, (height, width)).astype(np.float32)
+
+
+def explain_anchor(
+    model: keras.Model,
+    image: TensorLike,
+    prediction: np.ndarray,
+    anchor: int,
+    cfg: RetinaNetConfig,
+    patch_size: int,
+    stride: int,
+) -> dict[str, np.ndarray]:
+    """Three maps of one image for one anchor, on the input's pixel grid.
+
+    * `"mean box score"`: the blog's map (`heatmap.score_heatmap`, every anchor, no NMS);
+      where the model puts its boxes and how confident they are, whatever drove them;
+    * `"Grad-CAM"`: the anchor's logit explained on the pyramid level that anchor is predicted
+      from (the class head sees no other level); which features raise that score, in [0, 1];
+    * `"occlusion"`: how far the anchor's score falls when a `patch_size` square covers each
+      pixel (mean over the patches, stride `stride`); which pixels that score needs.
+
+    Args:
+        model: The trained detector (`build_retinanet`'s, with its `fpn` layer).
+        image: `(S, S, 3)` the preprocessed model input.
+        prediction: `(A, 4 + K)` the model's output for it.
+        anchor: Index of the anchor to explain.
+        cfg: The model's config.
+        patch_size: Occlusion patch side, in pixels.
+        stride: Occlusion step, in pixels.
+
+    Returns:
+        `{"mean box score", "Grad-CAM", "occlusion"}` -> `(S, S)` float32 maps.
+    """
+    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    boxes_xyxy, probabilities = decode_all(np.asarray(prediction)[None], anchors_xyxy, cfg)
+    size = (cfg.image_size, cfg.image_size)
+    mean_map = score_heatmap(
+        np.asarray(boxes_xyxy)[0], np.asarray(probabilities)[0, :, 0], size, reduce="mean"
+    )
+    level = int(anchor_level_ids(cfg.image_size, cfg.image_size, cfg.anchors)[anchor])
+    level_index = list(cfg.anchors.levels).index(level)
+    image = np.asarray(image, np.float32)
+    cam = grad_cam(model, image[None], "fpn", level_index, target=anchor_logit(anchor))[0]
+    drops = occlusion_map(model, image, patch_size, stride, target=anchor_score(anchor))
+    return {"mean box score": mean_map.astype(np.float32), "Grad-CAM": cam, "occlusion": drops}

@@ -38,8 +38,10 @@ __all__ = [
     "PrecisionRecall",
     "bootstrap_interval",
     "image_level_scores",
+    "match_detections",
     "paired_bootstrap_difference",
     "pad_boxes",
+    "pairwise_iou_batched",
     "precision_recall",
     "rsna_scores",
 ]
@@ -173,7 +175,7 @@ def pad_boxes(boxes: Sequence[np.ndarray], scores: Sequence[np.ndarray] | None =
     return padded, valid, padded_scores
 
 
-def _pairwise_iou_batched(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndarray:
+def pairwise_iou_batched(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndarray:
     """`(I, N, 4)` x `(I, G, 4)` -> `(I, N, G)` IoU (NumPy, for evaluation)."""
     top_left = np.maximum(pred_xyxy[:, :, None, :2], gt_xyxy[:, None, :, :2])
     bottom_right = np.minimum(pred_xyxy[:, :, None, 2:], gt_xyxy[:, None, :, 2:])
@@ -228,12 +230,38 @@ def _matched_predictions(
         raise ValueError("Need one entry per image in ground truth, boxes and scores.")
     gt, gt_valid = pad_boxes(gt_boxes_xyxy)
     pred, pred_valid, scores = pad_boxes(pred_boxes_xyxy, pred_scores)
-    iou = _pairwise_iou_batched(pred, gt)  # (I, N, G)
+    iou = pairwise_iou_batched(pred, gt)  # (I, N, G)
     limits = np.asarray(thresholds, np.float64)[None, :, None, None]
     hits = iou[:, None] > limits if strict_iou else iou[:, None] >= limits  # (I, T, N, G)
     hits &= gt_valid[:, None, None, :]
     rule = _match_confidence_first if matching == "confidence_first" else _match_ground_truth_first
     return rule(iou, pred_valid, gt_valid, hits), pred_valid, gt_valid, scores
+
+
+def match_detections(
+    gt_boxes_xyxy: Sequence[np.ndarray],
+    pred_boxes_xyxy: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    iou_threshold: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Which detections hit a ground-truth box at one IoU threshold (the metric's matching).
+
+    Args:
+        gt_boxes_xyxy: `I` arrays `(m_i, 4)`.
+        pred_boxes_xyxy: `I` arrays `(n_i, 4)`.
+        pred_scores: `I` arrays `(n_i,)`.
+        iou_threshold: A hit needs IoU >= this.
+
+    Returns:
+        `boxes_xyxy (I, N, 4)`, `scores (I, N)`, `valid (I, N)` and `hit (I, N)`: each image's
+        detections sorted by decreasing score and padded, and whether each is a true positive
+        (confidence-first greedy matching, as `rsna_scores`).
+    """
+    matched, valid, _, scores = _matched_predictions(
+        gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, (iou_threshold,), "confidence_first", False
+    )
+    boxes_xyxy, _, _ = pad_boxes(pred_boxes_xyxy, pred_scores)
+    return boxes_xyxy, scores, valid, matched[:, 0] & valid
 
 
 def rsna_scores(

@@ -27,6 +27,8 @@ __all__ = [
     "draw_boxes",
     "label_boxes",
     "plot_anchor_centers",
+    "plot_arm_curves",
+    "plot_explanations",
     "plot_nms_before_after",
     "plot_history",
     "show_heatmap",
@@ -335,6 +337,44 @@ def plot_history(
     return ax
 
 
+def plot_arm_curves(
+    ax: Axes,
+    history: Any,
+    arms: list[str],
+    key: str = "val_loss",
+    colors: dict[str, Any] | None = None,
+) -> Axes:
+    """A loss curve per arm of a study: each seed as a thin line, their mean as a thick one.
+
+    Args:
+        ax: Target axes.
+        history: A table with columns `arm`, `seed`, `epoch` and `key` (a study's
+            `<study>_history.csv`).
+        arms: The arms to draw, in legend order.
+        key: The column to draw (`"val_loss"` or `"loss"`).
+        colors: Arm -> colour (default: matplotlib's cycle, in `arms` order).
+
+    Returns:
+        `ax`, with a log-scale y-axis (one spike must not flatten the other curves).
+    """
+    missing = sorted(set(arms) - set(history["arm"]))
+    if missing:
+        raise ValueError(f"No curves for the arms {missing}.")
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    num_epochs = 1
+    for number, arm in enumerate(arms):
+        color = colors[arm] if colors is not None else cycle[number % len(cycle)]
+        rows = history[history["arm"] == arm]
+        curves = rows.pivot(index="epoch", columns="seed", values=key)  # (epochs, seeds)
+        ax.plot(curves.index, curves.to_numpy(), color=color, linewidth=0.7, alpha=0.45)
+        ax.plot(curves.index, curves.mean(axis=1), color=color, linewidth=2.2, label=arm)
+        num_epochs = max(num_epochs, int(curves.index.max()))
+    ax.set_yscale("log")
+    _integer_epochs(ax, num_epochs)
+    ax.legend(fontsize=8)
+    return ax
+
+
 def plot_learning_rates(ax: Axes, rates_per_epoch: TensorLike, title: str | None = None) -> Axes:
     """The learning rate of each epoch as steps (log scale), epochs 1..N with integer ticks."""
     rates = np.asarray(rates_per_epoch, np.float64)
@@ -498,6 +538,71 @@ def plot_heatmap_gallery(
         figure.colorbar(mappable, ax=list(row_axes), fraction=0.02, pad=0.01, label=bar_label)
     for ax, title in zip(axes[0], titles, strict=True):
         ax.set_title(title, fontsize=9)
+    return figure
+
+
+def plot_explanations(
+    images: list[TensorLike],
+    maps: list[dict[str, TensorLike]],
+    row_titles: list[str],
+    gt_boxes_xyxy: list[TensorLike],
+    explained_boxes_xyxy: list[TensorLike],
+    labels: dict[str, str],
+    panel_size: float = 2.6,
+) -> Figure:
+    """One row per image: the X-ray, then its maps side by side (e.g. the blog's box-score
+    map, Grad-CAM, occlusion).
+
+    Each column (one kind of map) has one colour range, from 0 to the largest value in that
+    column, and one colour bar labelled with what its values are: the rows can be compared
+    with each other. Negative values (an occlusion that *raised* the score) show as 0.
+
+    Args:
+        images: `N` grayscale images.
+        maps: `N` dicts, map name -> `(H, W)` map; the same names, in the same order, for all.
+        row_titles: `N` titles (what the image is, the score explained).
+        gt_boxes_xyxy: `N` ground-truth arrays, drawn red.
+        explained_boxes_xyxy: `N` arrays of the boxes whose score the maps explain, dashed
+            white on a black edge.
+        labels: Map name -> colour-bar label.
+        panel_size: Side of one panel in inches.
+
+    Returns:
+        The figure.
+    """
+    names = list(maps[0])
+    if any(list(m) != names for m in maps):
+        raise ValueError("Every image needs the same maps, in the same order.")
+    figure, axes = plt.subplots(
+        len(images),
+        len(names) + 1,
+        figsize=(panel_size * (len(names) + 1) + 1.2 * len(names), panel_size * len(images)),
+        squeeze=False,
+        layout="constrained",
+    )
+    for row, ax in enumerate(axes[:, 0]):
+        show_image(ax, images[row])
+        draw_boxes(ax, gt_boxes_xyxy[row], color="red", linewidth=2.0)
+        _clamp_to_image(ax, np.asarray(images[row]).shape)
+        ax.set_ylabel(row_titles[row], fontsize=9)
+    for column, name in enumerate(names, start=1):
+        vmax = max(max(float(np.max(m[name])) for m in maps), _MIN_COLOR_RANGE)
+        for row, ax in enumerate(axes[:, column]):
+            show_heatmap(
+                ax,
+                images[row],
+                np.clip(np.asarray(maps[row][name]), 0.0, None),
+                gt_boxes_xyxy=gt_boxes_xyxy[row],
+                pred_boxes_xyxy=explained_boxes_xyxy[row],
+                colorbar=False,
+                vmax=vmax,
+            )
+        axes[0, column].set_title(name, fontsize=10)
+        mappable = axes[-1, column].images[-1]
+        figure.colorbar(
+            mappable, ax=list(axes[:, column]), fraction=0.05, pad=0.02, label=labels[name]
+        )
+    axes[0, 0].set_title("X-ray", fontsize=10)
     return figure
 
 

@@ -7,7 +7,16 @@ import keras
 import numpy as np
 import pytest
 
-from retinanet_lib.explain import anchor_logit, grad_cam, occlusion_map, top_anchor_score
+from retinanet_lib.explain import (
+    anchor_logit,
+    anchor_score,
+    best_anchor_for_box,
+    explain_anchor,
+    explanation_cases,
+    grad_cam,
+    occlusion_map,
+    top_anchor_score,
+)
 
 
 def _tiny_detector(side=6, channels=3):
@@ -101,3 +110,121 @@ def test_occlusion_finds_the_only_pixels_that_matter():
     assert np.count_nonzero(drops) == 4
     with pytest.raises(ValueError, match="stride"):
         occlusion_map(model, np.ones((8, 8, 1), np.float32), 2, 3)
+
+
+def _small_cfg():
+    from retinanet_lib.config import config_for_mode
+
+    return dataclasses.replace(config_for_mode("cpu"), image_size=64)
+
+
+def _iou_one(a, b):
+    """IoU of two xyxy boxes, written out."""
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_best_anchor_for_box_matches_a_loop_over_anchors():
+    from retinanet_lib.anchors import generate_anchors
+    from retinanet_lib.inference import decode_all
+
+    cfg = _small_cfg()
+    anchors = np.asarray(generate_anchors(64, 64, cfg.anchors))
+    rng = np.random.default_rng(4)
+    prediction = np.concatenate(
+        [rng.normal(0, 1, (len(anchors), 4)), rng.normal(-2, 2, (len(anchors), 1))], 1
+    ).astype(np.float32)
+    decoded = np.asarray(decode_all(prediction[None], anchors, cfg)[0])[0]
+    scores = 1 / (1 + np.exp(-prediction[:, 4]))
+    for box in ([8, 8, 40, 30], [30, 2, 62, 60], [0, 0, 3, 3]):
+        ious = np.array([_iou_one(box, d) for d in decoded])
+        above = [i for i in range(len(anchors)) if ious[i] > 0.5]
+        expected = max(above, key=lambda i: scores[i]) if above else int(np.argmax(ious))
+        assert best_anchor_for_box(prediction, np.array(box, np.float32), cfg) == expected
+    assert not (np.array([_iou_one([0, 0, 3, 3], d) for d in decoded]) > 0.5).any()
+
+
+def _cases_split(cfg):
+    """Three images with zero box deltas (every decoded box is its anchor): a hit and a
+    false alarm on image 0, two missed boxes on image 1, and image 2 without an opacity."""
+    from retinanet_lib.anchors import generate_anchors
+
+    anchors = np.asarray(generate_anchors(64, 64, cfg.anchors))
+    predictions = np.zeros((3, len(anchors), 5), np.float32)
+    predictions[..., 4] = -8.0
+    hit, alarm, attempt, negative_top = 3, 40, 7, 100
+    predictions[0, hit, 4] = 2.0
+    predictions[0, alarm, 4] = 1.0
+    predictions[1, attempt, 4] = -1.0  # the best attempt at the large missed box
+    predictions[2, negative_top, 4] = 0.5
+    predictions[2, negative_top + 1, 4] = 0.4
+    large_miss = anchors[attempt] + np.array([1, 1, -1, -1], np.float32)
+    truth = [
+        anchors[hit][None],
+        np.stack([large_miss, np.array([50, 50, 54, 54], np.float32)]),
+        np.zeros((0, 4), np.float32),
+    ]
+    detections = [
+        (anchors[[hit, alarm]], np.array([0.88, 0.73])),
+        (np.zeros((0, 4), np.float32), np.zeros(0)),
+        (np.zeros((0, 4), np.float32), np.zeros(0)),
+    ]
+    return predictions, detections, truth, anchors, (hit, alarm, attempt, negative_top)
+
+
+def test_explanation_cases_pick_one_of_each_kind():
+    cfg = _small_cfg()
+    predictions, detections, truth, anchors, expected = _cases_split(cfg)
+    hit, alarm, attempt, negative_top = expected
+    assert _iou_one(anchors[hit], anchors[alarm]) < 0.5  # the alarm hits nothing
+    cases = explanation_cases(predictions, detections, truth, cfg)
+    assert [c.label for c in cases] == [
+        "true positive",
+        "false positive",
+        "missed opacity",
+        "negative image",
+    ]
+    assert [c.image for c in cases] == [0, 0, 1, 2]
+    assert [c.anchor for c in cases] == [hit, alarm, attempt, negative_top]
+    np.testing.assert_allclose(cases[2].box_xyxy, truth[1][0])  # the larger of the two misses
+    clipped = np.clip(anchors[negative_top], 0, 64)  # decoded boxes are clipped
+    np.testing.assert_allclose(cases[3].box_xyxy, clipped, atol=1e-4)
+    expected_scores = [1 / (1 + np.exp(-v)) for v in (2.0, 1.0, -1.0, 0.5)]
+    assert [c.score for c in cases] == pytest.approx(expected_scores, rel=1e-5)
+
+
+def test_explanation_cases_say_which_kind_is_missing():
+    cfg = _small_cfg()
+    predictions, detections, truth, _, _ = _cases_split(cfg)
+    detections[0] = (detections[0][0][:1], detections[0][1][:1])  # no false alarm left
+    with pytest.raises(ValueError, match="false positive"):
+        explanation_cases(predictions, detections, truth, cfg)
+    with pytest.raises(ValueError, match="negative image"):
+        explanation_cases(predictions[:2], detections[:2], truth[:2], cfg)
+
+
+def test_explain_anchor_reads_the_anchors_own_pyramid_level():
+    from retinanet_lib.anchors import anchor_level_ids
+    from retinanet_lib.model import build_retinanet
+
+    cfg = _small_cfg()
+    keras.utils.set_random_seed(1)
+    model = build_retinanet(cfg)
+    image = np.random.default_rng(3).normal(0, 1, (64, 64, 3)).astype(np.float32)
+    prediction = np.asarray(model(image[None], training=False))[0]
+    levels = anchor_level_ids(64, 64, cfg.anchors)
+    anchor = int(np.flatnonzero(levels == 4)[5])  # a P4 anchor: P3 lies downstream of it
+    maps = explain_anchor(model, image, prediction, anchor, cfg, patch_size=16, stride=8)
+    assert list(maps) == ["mean box score", "Grad-CAM", "occlusion"]
+    for values in maps.values():
+        assert values.shape == (64, 64) and values.dtype == np.float32
+    assert maps["Grad-CAM"].max() == pytest.approx(1.0)  # P4 carries the anchor's gradient
+    p3_only = grad_cam(model, image[None], "fpn", 0, target=anchor_logit(anchor))
+    assert p3_only.max() == 0.0  # on P3 the gradient is zero: the wrong level explains nothing
+    slow = _occlusion_by_loop(model, image, 16, 8, 0.0, anchor_score(anchor))
+    np.testing.assert_allclose(maps["occlusion"], slow, atol=1e-5)
+    mean_map = maps["mean box score"]
+    assert 0.0 <= mean_map.min() and mean_map.max() <= 1.0

@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from retinanet_lib.metrics import RSNA_IOU_THRESHOLDS, pad_boxes, rsna_scores
+from retinanet_lib.metrics import (
+    RSNA_IOU_THRESHOLDS,
+    match_detections,
+    pad_boxes,
+    rsna_scores,
+)
 
 from .test_boxes import iou_reference
 
@@ -373,3 +378,29 @@ def test_rsna_scores_report_the_image_level_question_too():
     two = [np.concatenate([far, box]), empty, box, empty]
     counted = rsna_scores(gt, two, [np.ones(len(p)) for p in two]).detections_per_image
     np.testing.assert_array_equal(counted, [2, 0, 1, 0])
+
+
+def test_match_detections_hand_values_and_agreement_with_the_metric():
+    gt = [np.array([[0, 0, 10, 10]], np.float32)]
+    pred = [np.array([[0, 0, 10, 10], [4, 0, 14, 10]], np.float32)]  # IoU 1 and 60/140
+    scores = [np.array([0.1, 0.9])]
+    boxes, sorted_scores, valid, hit = match_detections(gt, pred, scores, 0.4)
+    assert sorted_scores[0].tolist() == pytest.approx([0.9, 0.1])  # sorted by score
+    assert boxes[0, 0].tolist() == [4, 0, 14, 10]
+    assert valid.tolist() == [[True, True]]
+    assert hit.tolist() == [[True, False]]  # the confident loose box takes the truth at 0.4
+    assert match_detections(gt, pred, scores, 0.5)[3].tolist() == [[False, True]]
+    rng = np.random.default_rng(5)
+    gts, preds, confidences = [], [], []
+    for _ in range(40):  # random images: hits at 0.5 equal the metric's true positives at 0.5
+        num_gt, num_pred = rng.integers(0, 3), rng.integers(0, 5)
+        corner = rng.uniform(0, 50, (num_gt + num_pred, 2))
+        box = np.concatenate([corner, corner + rng.uniform(5, 30, corner.shape)], 1)
+        gts.append(box[:num_gt].astype(np.float32))
+        preds.append(box[num_gt:].astype(np.float32))
+        confidences.append(rng.uniform(size=num_pred))
+    _, _, valid, hit = match_detections(gts, preds, confidences, 0.5)
+    metric = rsna_scores(gts, preds, confidences)
+    at_half = list(RSNA_IOU_THRESHOLDS).index(0.5)
+    assert hit.sum() == metric.true_positives[at_half]
+    assert (valid & ~hit).sum() == metric.false_positives[at_half]

@@ -211,3 +211,57 @@ def test_nms_figure_labels_every_kept_box_with_its_score():
     with pytest.raises(ValueError, match="2 boxes but 1 labels"):
         viz.label_boxes(after, kept, ["x"])
     plt.close(figure)
+
+
+def test_explanations_put_one_image_per_row_and_one_scale_per_map():
+    images = [np.zeros((16, 16), np.uint8)] * 3
+    maps = [
+        {"box score": np.full((16, 16), 0.01 * (k + 1)), "occlusion": np.full((16, 16), -0.2)}
+        for k in range(3)
+    ]
+    maps[1]["occlusion"] = np.linspace(-0.1, 0.4, 256).reshape(16, 16)
+    boxes = [np.array([[2, 2, 8, 8]], np.float32)] * 3
+    labels = {"box score": "mean box score", "occlusion": "score drop"}
+    figure = viz.plot_explanations(images, maps, ["a", "b", "c"], boxes, boxes, labels)
+    panels, bars = figure.axes[:9], figure.axes[9:]
+    assert [bar.get_ylabel() for bar in bars] == ["mean box score", "score drop"]
+    assert [panels[row * 3].get_ylabel() for row in range(3)] == ["a", "b", "c"]
+    assert [ax.get_title() for ax in panels[:3]] == ["X-ray", "box score", "occlusion"]
+    score_limits = [panels[row * 3 + 1].images[-1].get_clim() for row in range(3)]
+    assert score_limits == [(0.0, pytest.approx(0.03))] * 3  # one range for the column
+    occlusion = panels[5].images[-1].get_array()
+    assert occlusion.min() == 0.0 and occlusion.max() == pytest.approx(0.4)  # negatives at 0
+    plt.close(figure)
+    with pytest.raises(ValueError, match="same maps"):
+        viz.plot_explanations(
+            images[:2],
+            [maps[0], {"occlusion": maps[0]["occlusion"]}],
+            ["a", "b"],
+            boxes[:2],
+            boxes[:2],
+            labels,
+        )
+
+
+def test_arm_curves_draw_every_seed_and_the_mean_per_arm():
+    import pandas as pd
+
+    epochs = np.arange(1, 5)
+    rows = [
+        {"arm": arm, "seed": seed, "epoch": e, "val_loss": base + seed + 1.0 / e}
+        for arm, base in (("a", 1.0), ("b", 5.0))
+        for seed in (0, 1, 2)
+        for e in epochs
+    ]
+    figure, ax = plt.subplots()
+    viz.plot_arm_curves(ax, pd.DataFrame(rows), ["b", "a"])
+    lines = ax.get_lines()
+    assert len(lines) == 8  # per arm: 3 seeds, then the mean
+    mean_b = lines[3].get_ydata()
+    np.testing.assert_allclose(mean_b, 5.0 + 1.0 + 1.0 / epochs)  # seeds 0, 1, 2 average to +1
+    assert lines[0].get_color() == lines[3].get_color() != lines[7].get_color()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["b", "a"]
+    assert ax.get_yscale() == "log" and ax.get_xlim() == (0.5, 4.5)
+    with pytest.raises(ValueError, match="'c'"):
+        viz.plot_arm_curves(ax, pd.DataFrame(rows), ["c"])
+    plt.close(figure)
