@@ -85,6 +85,7 @@ from retinanet_lib.evaluate import (  # noqa: E402
 )
 from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
 from retinanet_lib.pipeline import positive_image_mask  # noqa: E402
+from retinanet_lib.pretrain import transfer_configs  # noqa: E402
 from retinanet_lib.splits import DataSplits, load_splits, load_upper_zone_test  # noqa: E402
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
@@ -233,26 +234,12 @@ IMBALANCE_ARMS: dict[str, Arm] = {
 }
 
 
-def _pretrained(cfg: RetinaNetConfig, **model_changes) -> RetinaNetConfig:
-    """The CPU default starting from the shipped pre-trained backbone, batch norm frozen."""
-    return _set(
-        cfg, "model", backbone_weights="opacity", freeze_backbone_batchnorm=True, **model_changes
-    )
+def _transfer_arm(name: str) -> Arm:
+    return lambda cfg, splits: transfer_configs(cfg)[name]
 
 
 TRANSFER_ARMS: dict[str, Arm] = {
-    "from scratch": lambda cfg, splits: cfg,
-    "frozen backbone (level 2)": lambda cfg, splits: _pretrained(cfg, freeze_backbone=True),
-    "top stages unfrozen (level 3)": lambda cfg, splits: _pretrained(
-        cfg, frozen_backbone_stages=("stem", "c2", "c3")
-    ),
-    "fine-tuned, backbone at 1/10 rate (level 4)": lambda cfg, splits: _set(
-        _pretrained(cfg), "train", backbone_learning_rate_factor=0.1
-    ),
-    "blog: unfrozen from the start": lambda cfg, splits: _pretrained(cfg),
-    "blog: unfrozen after 15 epochs": lambda cfg, splits: _set(
-        _pretrained(cfg), "train", backbone_frozen_epochs=15
-    ),
+    name: _transfer_arm(name) for name in transfer_configs(config_for_mode("cpu"))
 }
 
 

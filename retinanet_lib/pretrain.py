@@ -41,6 +41,7 @@ __all__ = [
     "pretrain_backbone",
     "read_provenance",
     "save_backbone_weights",
+    "transfer_configs",
 ]
 
 #: The small backbone pre-trained with `PretrainConfig()` at 256 px (the CPU default's size);
@@ -48,6 +49,43 @@ __all__ = [
 SHIPPED_BACKBONE_WEIGHTS = SMALL_RESNET_OPACITY
 #: Name of the classifier's output layer (one logit: "has an opacity").
 LOGIT_LAYER = "opacity_logit"
+
+
+def _replace(cfg: RetinaNetConfig, section: str, **changes) -> RetinaNetConfig:
+    """`cfg` with some fields of one section replaced."""
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
+    )
+
+
+def transfer_configs(cfg: RetinaNetConfig) -> dict[str, RetinaNetConfig]:
+    """The transfer-learning levels of Chapter 6, as changes of `cfg` (the same epochs, rates
+    and data for every one).
+
+    Every arm but the first starts from the shipped pre-trained backbone
+    (`backbone_weights="opacity"`) with its batch normalisation in inference mode throughout
+    (`freeze_backbone_batchnorm`), as Keras's transfer-learning guide advises.
+
+    Returns:
+        Arm name -> configuration: "from scratch" (`cfg` itself); "frozen backbone (level 2)";
+        "top stages unfrozen (level 3)" (stem, C2 and C3 frozen; C4 and C5 train);
+        "fine-tuned, backbone at 1/10 rate (level 4)"; "blog: unfrozen from the start" (every
+        weight at the full rate); "blog: unfrozen after 15 epochs" (frozen, then the full
+        rate from epoch 16).
+    """
+    pretrained = _replace(cfg, "model", backbone_weights="opacity", freeze_backbone_batchnorm=True)
+    return {
+        "from scratch": cfg,
+        "frozen backbone (level 2)": _replace(pretrained, "model", freeze_backbone=True),
+        "top stages unfrozen (level 3)": _replace(
+            pretrained, "model", frozen_backbone_stages=("stem", "c2", "c3")
+        ),
+        "fine-tuned, backbone at 1/10 rate (level 4)": _replace(
+            pretrained, "train", backbone_learning_rate_factor=0.1
+        ),
+        "blog: unfrozen from the start": pretrained,
+        "blog: unfrozen after 15 epochs": _replace(pretrained, "train", backbone_frozen_epochs=15),
+    }
 
 
 def load_pretrain_source(cfg: PretrainConfig, root: str | Path | None = None):

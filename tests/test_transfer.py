@@ -304,3 +304,42 @@ def test_fit_keeps_the_backbone_still_for_its_frozen_epochs_then_trains_it(tmp_p
         np.testing.assert_array_equal(before, after)
     assert not np.array_equal(head_1, start.get_layer("class_head").weights[0].numpy())
     assert any(not np.array_equal(a, b) for a, b in zip(after_1, after_2, strict=True))
+
+
+def test_transfer_configs_change_only_what_each_level_names():
+    from retinanet_lib.config import config_for_mode
+    from retinanet_lib.pretrain import transfer_configs
+
+    cfg = config_for_mode("cpu")
+    arms = transfer_configs(cfg)
+    assert list(arms) == [
+        "from scratch",
+        "frozen backbone (level 2)",
+        "top stages unfrozen (level 3)",
+        "fine-tuned, backbone at 1/10 rate (level 4)",
+        "blog: unfrozen from the start",
+        "blog: unfrozen after 15 epochs",
+    ]
+    assert arms["from scratch"] == cfg
+    for name, arm in list(arms.items())[1:]:
+        assert arm.model.backbone_weights == "opacity", name
+        assert arm.model.freeze_backbone_batchnorm, name
+        assert (arm.data, arm.anchors, arm.loss) == (cfg.data, cfg.anchors, cfg.loss), name
+        assert (arm.train.epochs, arm.train.learning_rates) == (
+            cfg.train.epochs,
+            cfg.train.learning_rates,
+        ), name  # the same budget for every level
+    assert arms["frozen backbone (level 2)"].model.freeze_backbone
+    assert arms["top stages unfrozen (level 3)"].model.frozen_backbone_stages == (
+        "stem",
+        "c2",
+        "c3",
+    )
+    assert (
+        arms["fine-tuned, backbone at 1/10 rate (level 4)"].train.backbone_learning_rate_factor
+        == 0.1
+    )
+    unfrozen = arms["blog: unfrozen from the start"]
+    assert not unfrozen.model.freeze_backbone and not unfrozen.model.frozen_backbone_stages
+    assert unfrozen.train.backbone_learning_rate_factor == 1.0
+    assert arms["blog: unfrozen after 15 epochs"].train.backbone_frozen_epochs == 15
