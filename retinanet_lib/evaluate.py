@@ -43,9 +43,11 @@ __all__ = [
     "SplitPredictions",
     "average_precision_at",
     "choose_score_threshold",
+    "detections_of",
     "evaluate_thresholds",
     "predict_split",
     "score_at",
+    "split_images",
 ]
 
 #: The score thresholds `choose_score_threshold` tries: 0.01, 0.02, 0.03, then 0.05, 0.10, ...,
@@ -108,9 +110,7 @@ def predict_split(
     for batch_indices, batch_images, scales_xy in dataset:
         inputs = to_model_input(batch_images, cfg.model.backbone)
         outputs.append(predict(inputs).numpy())
-        for index, scale_xy in zip(batch_indices.numpy(), scales_xy, strict=True):
-            boxes_xyxy = xywh_to_xyxy(records.boxes_xywh[index])
-            gt_boxes.append(resize_boxes_to_input(boxes_xyxy, scale_xy).numpy())
+        gt_boxes += _input_boxes(records, batch_indices, scales_xy)
         indices.append(batch_indices.numpy())
         if keep_images:
             images.append(batch_images.numpy())
@@ -127,6 +127,32 @@ def predict_split(
     )
 
 
+def _input_boxes(records: Records, indices: tf.Tensor, scales_xy: tf.Tensor) -> list:
+    """The ground truth of a batch of records, in model-input pixels (`(G_i, 4)` xyxy each)."""
+    return [
+        resize_boxes_to_input(xywh_to_xyxy(records.boxes_xywh[index]), scale_xy).numpy()
+        for index, scale_xy in zip(indices.numpy(), scales_xy, strict=True)
+    ]
+
+
+def split_images(
+    records: Records, cfg: RetinaNetConfig, batch_size: int = 8
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The model-input images and ground truth of every readable record, without a model
+    (unreadable files are skipped, as in `predict_split`).
+
+    Returns:
+        `(N, S, S)` uint8 images and `N` ground-truth arrays `(G_i, 4)` in their pixels.
+    """
+    dataset = load_images(records.paths, cfg, RejectLog()).batch(batch_size)
+    images, gt_boxes = [], []
+    for batch_indices, batch_images, scales_xy in dataset:
+        images.append(batch_images.numpy())
+        gt_boxes += _input_boxes(records, batch_indices, scales_xy)
+    size = cfg.image_size
+    return (np.concatenate(images) if images else np.zeros((0, size, size), np.uint8)), gt_boxes
+
+
 def _decode(predictions: np.ndarray, cfg: RetinaNetConfig):
     anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
     return decode_all(tf.constant(predictions), anchors_xyxy, cfg)
@@ -137,6 +163,16 @@ def _detections(boxes_xyxy, probabilities, cfg, score_threshold):
     detections = non_max_suppression(boxes_xyxy, probabilities, decode_cfg)
     per_image = [detections.for_image(i) for i in range(int(boxes_xyxy.shape[0]))]
     return [p[0] for p in per_image], [p[1] for p in per_image]
+
+
+def detections_of(predictions: np.ndarray, cfg: RetinaNetConfig) -> list:
+    """What the model reports for each image: NMS at `cfg.decode.score_threshold`.
+
+    Returns:
+        `N` pairs `(boxes_xyxy (n_i, 4), scores (n_i,))`, scores descending.
+    """
+    boxes, scores = _detections(*_decode(predictions, cfg), cfg, cfg.decode.score_threshold)
+    return list(zip(boxes, scores, strict=True))
 
 
 def score_at(

@@ -47,6 +47,7 @@ __all__ = [
     "explain_anchor",
     "explanation_cases",
     "grad_cam",
+    "mean_activation",
     "occlusion_map",
     "top_anchor_score",
 ]
@@ -218,6 +219,31 @@ def _feature_model(model: keras.Model, layer_name: str, output_index: int | None
     return keras.Model(model.inputs, [features, model.outputs[0]])
 
 
+def _upsample(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """`(B, h, w)` -> `(B, height, width)` float32, bilinear (OpenCV)."""
+    return np.stack(
+        [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in maps]
+    ).astype(np.float32)
+
+
+def mean_activation(backbone: keras.Model, images: TensorLike, output_index: int) -> np.ndarray:
+    """The mean over channels of one backbone output, upsampled to the input: the notes'
+    "activation investigation", without any target score.
+
+    Args:
+        backbone: A model returning several feature maps (`build_backbone`'s: C3, C4, C5).
+        images: `(B, H, W, C)` model inputs (already preprocessed).
+        output_index: Which output (0: C3, 1: C4, 2: C5).
+
+    Returns:
+        `(B, H, W)` float32 mean activations (after the stage's ReLU: >= 0).
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    features = backbone(images, training=False)[output_index]
+    means = tf.reduce_mean(features, axis=-1).numpy()
+    return _upsample(means, int(images.shape[1]), int(images.shape[2]))
+
+
 def grad_cam(
     model: keras.Model,
     images: TensorLike,
@@ -246,10 +272,7 @@ def grad_cam(
     gradients = tape.gradient(scores, features)  # (B, h, w, C)
     weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)  # (B, 1, 1, C)
     cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()  # (B, h, w)
-    height, width = int(images.shape[1]), int(images.shape[2])
-    upsampled = np.stack(
-        [cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR) for cam in cams]
-    )
+    upsampled = _upsample(cams, int(images.shape[1]), int(images.shape[2]))
     peaks = upsampled.reshape(len(upsampled), -1).max(axis=1)
     scale = np.where(peaks > 0, peaks, 1.0)[:, None, None]
     return (upsampled / scale).astype(np.float32)

@@ -9,9 +9,11 @@ from retinanet_lib.encoding import LabelEncoder, split_targets
 from retinanet_lib.evaluate import (
     average_precision_at,
     choose_score_threshold,
+    detections_of,
     evaluate_thresholds,
     predict_split,
     score_at,
+    split_images,
 )
 from retinanet_lib.model import build_retinanet
 from retinanet_lib.pipeline import make_records
@@ -160,3 +162,28 @@ def test_metric_table_reports_each_split_with_an_interval(records):
     assert row["images"] == 6 and row["positive"] == sum(len(b) > 0 for b in gt)
     assert row["RSNA metric"] == 1.0 and row["95% interval"] == "1.00 to 1.00"
     assert scores["perfect"].recall == 1.0
+
+
+def test_split_images_are_predict_splits_images_without_a_model(records):
+    recs, _ = records
+    full = predict_split(build_retinanet(CFG), recs, CFG, batch_size=4, keep_images=True)
+    images, gt = split_images(recs, CFG, batch_size=5)
+    np.testing.assert_array_equal(images, full.images)
+    assert len(gt) == len(full.gt_boxes_xyxy)
+    for mine, theirs in zip(gt, full.gt_boxes_xyxy, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_detections_of_are_the_scored_detections(records):
+    recs, _ = records
+    gt = predict_split(build_retinanet(CFG), recs, CFG).gt_boxes_xyxy
+    predictions = perfect_predictions(gt)
+    found = detections_of(predictions, CFG.with_score_threshold(0.5))
+    assert len(found) == len(gt)
+    for (boxes, scores), truth in zip(found, gt, strict=True):
+        assert len(boxes) == len(truth) and np.all(scores > 0.99)  # one box per opacity
+        if len(truth):
+            order = np.lexsort(truth.T[::-1])
+            np.testing.assert_allclose(boxes[np.lexsort(boxes.T[::-1])], truth[order], atol=0.5)
+    silent = detections_of(predictions, CFG.with_score_threshold(0.9999999))
+    assert all(len(boxes) == 0 for boxes, _ in silent)

@@ -14,6 +14,7 @@ from retinanet_lib.explain import (
     explain_anchor,
     explanation_cases,
     grad_cam,
+    mean_activation,
     occlusion_map,
     top_anchor_score,
 )
@@ -228,3 +229,22 @@ def test_explain_anchor_reads_the_anchors_own_pyramid_level():
     np.testing.assert_allclose(maps["occlusion"], slow, atol=1e-5)
     mean_map = maps["mean box score"]
     assert 0.0 <= mean_map.min() and mean_map.max() <= 1.0
+
+
+def test_mean_activation_is_the_channel_mean_upsampled():
+    from retinanet_lib.config import config_for_mode
+    from retinanet_lib.model import build_backbone
+
+    cfg = config_for_mode("cpu")
+    keras.utils.set_random_seed(2)
+    backbone = build_backbone(cfg.model, (64, 64, 3))
+    images = np.random.default_rng(6).normal(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    maps = mean_activation(backbone, images, 1)  # C4: 4 x 4 cells at 64 px
+    assert maps.shape == (2, 64, 64) and maps.dtype == np.float32
+    c4 = np.asarray(backbone(images, training=False)[1])
+    assert c4.shape[1:3] == (4, 4)
+    for index in range(2):
+        mean = c4[index].mean(axis=-1)
+        expected = cv2.resize(mean, (64, 64), interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(maps[index], expected, rtol=1e-5, atol=1e-6)
+    assert maps.min() >= 0.0  # the stage ends in a ReLU
