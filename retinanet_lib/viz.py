@@ -228,6 +228,8 @@ def show_heatmap(
     title: str | None = None,
     vmax: float | None = 1.0,
     label: str = HEATMAP_LABEL,
+    vmin: float = 0.0,
+    cmap: str = "jet",
 ) -> Axes:
     """The blog's figure: a map of box scores over the X-ray (red high, blue low).
 
@@ -250,6 +252,8 @@ def show_heatmap(
         vmax: Top of the colour range: 1.0 (absolute), a number, or `None` for this map's own
             maximum (the blog's mean map rarely exceeds a few percent, invisible on 0..1).
         label: Colour-bar label: what the map's values are.
+        vmin: Bottom of the colour range (below 0 for a signed map, e.g. occlusion).
+        cmap: Matplotlib colour map (a diverging one for a signed map).
 
     Returns:
         `ax`.
@@ -258,7 +262,7 @@ def show_heatmap(
     if vmax is None:
         vmax = max(float(heatmap.max()), _MIN_COLOR_RANGE)
     show_image(ax, image, title=title)
-    overlay = ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0.0, vmax=vmax)
+    overlay = ax.imshow(heatmap, cmap=cmap, alpha=alpha, vmin=vmin, vmax=vmax)
     if colorbar:
         ax.figure.colorbar(overlay, ax=ax, fraction=0.046, pad=0.02, label=label)
     if gt_boxes_xyxy is not None:
@@ -549,13 +553,15 @@ def plot_explanations(
     explained_boxes_xyxy: list[TensorLike],
     labels: dict[str, str],
     panel_size: float = 2.6,
+    signed: tuple[str, ...] = (),
 ) -> Figure:
     """One row per image: the X-ray, then its maps side by side (e.g. the blog's box-score
     map, Grad-CAM, occlusion).
 
-    Each column (one kind of map) has one colour range, from 0 to the largest value in that
-    column, and one colour bar labelled with what its values are: the rows can be compared
-    with each other. Negative values (an occlusion that *raised* the score) show as 0.
+    Each column (one kind of map) has one colour range and one colour bar labelled with what
+    its values are, so the rows can be compared with each other: from 0 to the column's
+    largest value, or, for the maps named in `signed` (an occlusion map, where covering a
+    patch can also *raise* the score), symmetric around 0 on a diverging red-blue scale.
 
     Args:
         images: `N` grayscale images.
@@ -566,6 +572,7 @@ def plot_explanations(
             white on a black edge.
         labels: Map name -> colour-bar label.
         panel_size: Side of one panel in inches.
+        signed: Names of the maps whose negative values mean something.
 
     Returns:
         The figure.
@@ -586,16 +593,23 @@ def plot_explanations(
         _clamp_to_image(ax, np.asarray(images[row]).shape)
         ax.set_ylabel(row_titles[row], fontsize=9)
     for column, name in enumerate(names, start=1):
-        vmax = max(max(float(np.max(m[name])) for m in maps), _MIN_COLOR_RANGE)
+        if name in signed:
+            vmax = max(max(float(np.abs(m[name]).max()) for m in maps), _MIN_COLOR_RANGE)
+            vmin, cmap = -vmax, "RdBu_r"
+        else:
+            vmax = max(max(float(np.max(m[name])) for m in maps), _MIN_COLOR_RANGE)
+            vmin, cmap = 0.0, "jet"
         for row, ax in enumerate(axes[:, column]):
             show_heatmap(
                 ax,
                 images[row],
-                np.clip(np.asarray(maps[row][name]), 0.0, None),
+                np.asarray(maps[row][name]),
                 gt_boxes_xyxy=gt_boxes_xyxy[row],
                 pred_boxes_xyxy=explained_boxes_xyxy[row],
                 colorbar=False,
                 vmax=vmax,
+                vmin=vmin,
+                cmap=cmap,
             )
         axes[0, column].set_title(name, fontsize=10)
         mappable = axes[-1, column].images[-1]

@@ -229,8 +229,16 @@ def test_explanations_put_one_image_per_row_and_one_scale_per_map():
     assert [ax.get_title() for ax in panels[:3]] == ["X-ray", "box score", "occlusion"]
     score_limits = [panels[row * 3 + 1].images[-1].get_clim() for row in range(3)]
     assert score_limits == [(0.0, pytest.approx(0.03))] * 3  # one range for the column
-    occlusion = panels[5].images[-1].get_array()
-    assert occlusion.min() == 0.0 and occlusion.max() == pytest.approx(0.4)  # negatives at 0
+    assert panels[5].images[-1].get_clim() == (0.0, pytest.approx(0.4))  # unsigned: from 0
+    plt.close(figure)
+    figure = viz.plot_explanations(
+        images, maps, ["a", "b", "c"], boxes, boxes, labels, signed=("occlusion",)
+    )
+    occlusion = figure.axes[5].images[-1]
+    assert occlusion.get_clim() == (pytest.approx(-0.4), pytest.approx(0.4))  # symmetric
+    assert occlusion.get_array().min() == pytest.approx(-0.1)  # a rise is kept, not clipped
+    assert occlusion.get_cmap().name == "RdBu_r"
+    assert figure.axes[4].images[-1].get_clim() == (0.0, pytest.approx(0.03))
     plt.close(figure)
     with pytest.raises(ValueError, match="same maps"):
         viz.plot_explanations(
