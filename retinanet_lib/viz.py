@@ -38,6 +38,9 @@ __all__ = [
 TensorLike = Any
 #: Font size of the architecture diagram's labels (readable at the book's column width).
 _DIAGRAM_FONT = 11
+#: Opacity of a heatmap over its X-ray, and of a signed (diverging, pale near 0) one.
+_HEATMAP_ALPHA = 0.45
+_SIGNED_ALPHA = 0.7
 #: Smallest top of a per-image colour range (an all-zero map would otherwise have none).
 _MIN_COLOR_RANGE = 1e-3
 
@@ -223,7 +226,7 @@ def show_heatmap(
     heatmap: TensorLike,
     gt_boxes_xyxy: TensorLike | None = None,
     pred_boxes_xyxy: TensorLike | None = None,
-    alpha: float = 0.45,
+    alpha: float = _HEATMAP_ALPHA,
     colorbar: bool = True,
     title: str | None = None,
     vmax: float | None = 1.0,
@@ -593,12 +596,12 @@ def plot_explanations(
         _clamp_to_image(ax, np.asarray(images[row]).shape)
         ax.set_ylabel(row_titles[row], fontsize=9)
     for column, name in enumerate(names, start=1):
-        if name in signed:
+        if name in signed:  # stronger overlay: the diverging scale is pale near 0
             vmax = max(max(float(np.abs(m[name]).max()) for m in maps), _MIN_COLOR_RANGE)
-            vmin, cmap = -vmax, "RdBu_r"
+            vmin, cmap, alpha = -vmax, "RdBu_r", _SIGNED_ALPHA
         else:
             vmax = max(max(float(np.max(m[name])) for m in maps), _MIN_COLOR_RANGE)
-            vmin, cmap = 0.0, "jet"
+            vmin, cmap, alpha = 0.0, "jet", _HEATMAP_ALPHA
         for row, ax in enumerate(axes[:, column]):
             show_heatmap(
                 ax,
@@ -610,6 +613,7 @@ def plot_explanations(
                 vmax=vmax,
                 vmin=vmin,
                 cmap=cmap,
+                alpha=alpha,
             )
         axes[0, column].set_title(name, fontsize=10)
         mappable = axes[-1, column].images[-1]
