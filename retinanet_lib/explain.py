@@ -270,9 +270,10 @@ def grad_cam(
         features, predictions = feature_model(images, training=False)
         scores = target(predictions)
     gradients = tape.gradient(scores, features)  # (B, h, w, C)
+    # One weight per channel: the gradient averaged over the positions.
     weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)  # (B, 1, 1, C)
-    cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()  # (B, h, w)
-    upsampled = _upsample(cams, int(images.shape[1]), int(images.shape[2]))
+    cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))  # (B, h, w)
+    upsampled = _upsample(cams.numpy(), int(images.shape[1]), int(images.shape[2]))
     peaks = upsampled.reshape(len(upsampled), -1).max(axis=1)
     scale = np.where(peaks > 0, peaks, 1.0)[:, None, None]
     return (upsampled / scale).astype(np.float32)
@@ -298,7 +299,9 @@ def occlusion_map(
         image: `(H, W, C)` one model input (already preprocessed).
         patch_size: Side of the square patch, in pixels.
         stride: Step between patch positions (`<= patch_size` covers every pixel).
-        fill_value: What a covered pixel becomes (0: the preprocessed mean grey).
+        fill_value: What a covered pixel becomes (0: mid-grey, pixel value 127.5, for the
+            small backbone's inputs scaled to [-1, 1]; in a dark lung field that is brighter
+            than its surroundings, so covering can also add opacity-like evidence).
         target: `(B, A, 4 + K) predictions -> (B,)` scores.
         batch_size: Occluded copies per forward pass.
 

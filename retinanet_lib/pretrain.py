@@ -66,26 +66,40 @@ def transfer_configs(cfg: RetinaNetConfig) -> dict[str, RetinaNetConfig]:
     (`backbone_weights="opacity"`) with its batch normalisation in inference mode throughout
     (`freeze_backbone_batchnorm`), as Keras's transfer-learning guide advises.
 
+    Raises:
+        ValueError: If `cfg` does not use the small backbone (the shipped weights are for it).
+
     Returns:
         Arm name -> configuration: "from scratch" (`cfg` itself); "frozen backbone (level 2)";
         "top stages unfrozen (level 3)" (stem, C2 and C3 frozen; C4 and C5 train);
         "fine-tuned, backbone at 1/10 rate (level 4)"; "blog: unfrozen from the start" (every
-        weight at the full rate); "blog: unfrozen after 15 epochs" (frozen, then the full
-        rate from epoch 16).
+        weight at the full rate); "blog: unfrozen after 15 epochs" (the backbone's rate is 0
+        for 15 epochs' worth of optimizer steps, then the full rate).
     """
-    pretrained = _replace(cfg, "model", backbone_weights="opacity", freeze_backbone_batchnorm=True)
-    return {
-        "from scratch": cfg,
-        "frozen backbone (level 2)": _replace(pretrained, "model", freeze_backbone=True),
-        "top stages unfrozen (level 3)": _replace(
-            pretrained, "model", frozen_backbone_stages=("stem", "c2", "c3")
+    if cfg.model.backbone != "small_resnet":
+        raise ValueError(
+            "The transfer levels start from the shipped small-backbone weights (CPU default, "
+            f"RETINANET_MODE=cpu); this configuration uses {cfg.model.backbone!r}."
+        )
+    start = {"backbone_weights": "opacity", "freeze_backbone_batchnorm": True}
+    pretrained = _replace(cfg, "model", **start)
+    levels = {
+        "frozen backbone (level 2)": ("model", {"freeze_backbone": True}),
+        "top stages unfrozen (level 3)": (
+            "model",
+            {"frozen_backbone_stages": ("stem", "c2", "c3")},
         ),
-        "fine-tuned, backbone at 1/10 rate (level 4)": _replace(
-            pretrained, "train", backbone_learning_rate_factor=0.1
+        "fine-tuned, backbone at 1/10 rate (level 4)": (
+            "train",
+            {"backbone_learning_rate_factor": 0.1},
         ),
-        "blog: unfrozen from the start": pretrained,
-        "blog: unfrozen after 15 epochs": _replace(pretrained, "train", backbone_frozen_epochs=15),
+        "blog: unfrozen from the start": ("train", {}),
+        "blog: unfrozen after 15 epochs": ("train", {"backbone_frozen_epochs": 15}),
     }
+    arms = {"from scratch": cfg}
+    for name, (section, changes) in levels.items():
+        arms[name] = _replace(pretrained, section, **changes)
+    return arms
 
 
 def load_pretrain_source(cfg: PretrainConfig, root: str | Path | None = None):

@@ -351,7 +351,8 @@ def plot_arm_curves(
     key: str = "val_loss",
     colors: dict[str, Any] | None = None,
 ) -> Axes:
-    """A loss curve per arm of a study: each seed as a thin line, their mean as a thick one.
+    """A loss curve per arm of a study: each seed as a thin line, their median as a thick one
+    (a median, so that one seed's spike does not drag the arm's line off the chart).
 
     Args:
         ax: Target axes.
@@ -374,7 +375,7 @@ def plot_arm_curves(
         rows = history[history["arm"] == arm]
         curves = rows.pivot(index="epoch", columns="seed", values=key)  # (epochs, seeds)
         ax.plot(curves.index, curves.to_numpy(), color=color, linewidth=0.7, alpha=0.45)
-        ax.plot(curves.index, curves.mean(axis=1), color=color, linewidth=2.2, label=arm)
+        ax.plot(curves.index, curves.median(axis=1), color=color, linewidth=2.2, label=arm)
         num_epochs = max(num_epochs, int(curves.index.max()))
     ax.set_yscale("log")
     _integer_epochs(ax, num_epochs)

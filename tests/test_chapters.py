@@ -42,7 +42,10 @@ def test_no_test_plumbing_in_view(path):
     for cell in code_cells(path):
         assert "NBVAL" not in cell.source, "use the nbval-ignore-output cell tag"
         tags = cell.metadata.get("tags", [])
-        assert all(tag.startswith(("nbval-", "hide-", "remove-")) for tag in tags), tags
+        # nbval directives, Jupyter Book's hide/remove tags, and its layout tag for a wide
+        # figure ("full-width": the figure also takes the right margin).
+        allowed = ("nbval-", "hide-", "remove-", "full-width")
+        assert all(tag.startswith(allowed) for tag in tags), tags
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)

@@ -343,3 +343,11 @@ def test_transfer_configs_change_only_what_each_level_names():
     assert not unfrozen.model.freeze_backbone and not unfrozen.model.frozen_backbone_stages
     assert unfrozen.train.backbone_learning_rate_factor == 1.0
     assert arms["blog: unfrozen after 15 epochs"].train.backbone_frozen_epochs == 15
+
+
+def test_transfer_configs_refuse_a_backbone_without_shipped_weights():
+    from retinanet_lib.config import config_for_mode
+    from retinanet_lib.pretrain import transfer_configs
+
+    with pytest.raises(ValueError, match="RETINANET_MODE=cpu"):
+        transfer_configs(config_for_mode("full"))

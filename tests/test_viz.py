@@ -251,12 +251,12 @@ def test_explanations_put_one_image_per_row_and_one_scale_per_map():
         )
 
 
-def test_arm_curves_draw_every_seed_and_the_mean_per_arm():
+def test_arm_curves_draw_every_seed_and_the_median_per_arm():
     import pandas as pd
 
     epochs = np.arange(1, 5)
     rows = [
-        {"arm": arm, "seed": seed, "epoch": e, "val_loss": base + seed + 1.0 / e}
+        {"arm": arm, "seed": seed, "epoch": e, "val_loss": base + seed**3 + 1.0 / e}
         for arm, base in (("a", 1.0), ("b", 5.0))
         for seed in (0, 1, 2)
         for e in epochs
@@ -265,8 +265,8 @@ def test_arm_curves_draw_every_seed_and_the_mean_per_arm():
     viz.plot_arm_curves(ax, pd.DataFrame(rows), ["b", "a"])
     lines = ax.get_lines()
     assert len(lines) == 8  # per arm: 3 seeds, then the mean
-    mean_b = lines[3].get_ydata()
-    np.testing.assert_allclose(mean_b, 5.0 + 1.0 + 1.0 / epochs)  # seeds 0, 1, 2 average to +1
+    median_b = lines[3].get_ydata()  # seeds add 0, 1 and 8: the median adds 1 (the mean 3)
+    np.testing.assert_allclose(median_b, 5.0 + 1.0 + 1.0 / epochs)
     assert lines[0].get_color() == lines[3].get_color() != lines[7].get_color()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["b", "a"]
     assert ax.get_yscale() == "log" and ax.get_xlim() == (0.5, 4.5)
