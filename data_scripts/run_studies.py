@@ -76,7 +76,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from retinanet_lib.anchors import fit_aspect_ratios  # noqa: E402
-from retinanet_lib.config import DataConfig, RetinaNetConfig, config_for_mode  # noqa: E402
+from retinanet_lib.config import (  # noqa: E402
+    DataConfig,
+    RetinaNetConfig,
+    config_for_mode,
+    replace_section,
+)
 from retinanet_lib.evaluate import (  # noqa: E402
     average_precision_at,
     choose_score_threshold,
@@ -96,6 +101,7 @@ from retinanet_lib.studies import (  # noqa: E402
     done_runs,
     moved_validation_scores,
     run_arm,
+    with_seed,
 )
 
 RESULTS = Path(__file__).resolve().parent.parent / "retinanet_lib" / "results"
@@ -108,12 +114,6 @@ MOVE = DataConfig(horizontal_flip=True, max_rotation_degrees=5.0, max_shift_frac
 Arm = Callable[[RetinaNetConfig, DataSplits], RetinaNetConfig]
 
 
-def _set(cfg: RetinaNetConfig, section: str, **changes) -> RetinaNetConfig:
-    """`cfg` with some fields of one section replaced."""
-    part = dataclasses.replace(getattr(cfg, section), **changes)
-    return dataclasses.replace(cfg, **{section: part})
-
-
 def _training_boxes(splits: DataSplits) -> np.ndarray:
     return np.concatenate([boxes for boxes in splits.train.boxes_xywh if len(boxes)])
 
@@ -121,37 +121,41 @@ def _training_boxes(splits: DataSplits) -> np.ndarray:
 def _recipe_baseline() -> RetinaNetConfig:
     """The CPU default as it was before the ablation (20 epochs, drop after 14): the recipe
     study's arms are changes of it, so re-running the study reproduces its CSV."""
-    return _set(config_for_mode("cpu"), "train", epochs=20, epochs_per_drop=14)
+    return replace_section(config_for_mode("cpu"), "train", epochs=20, epochs_per_drop=14)
 
 
 RECIPE_ARMS: dict[str, Arm] = {
     "baseline": lambda cfg, splits: cfg,
-    "fitted aspect ratios": lambda cfg, splits: _set(
+    "fitted aspect ratios": lambda cfg, splits: replace_section(
         cfg, "anchors", aspect_ratios=fit_aspect_ratios(_training_boxes(splits))
     ),
-    "low-quality matching": lambda cfg, splits: _set(cfg, "encoder", match_low_quality=True),
-    "25 epochs": lambda cfg, splits: _set(cfg, "train", epochs=25, epochs_per_drop=18),
-    "warm-up 1 epoch": lambda cfg, splits: _set(cfg, "train", warmup_epochs=1.0),
-    "stronger augmentation": lambda cfg, splits: _set(
+    "low-quality matching": lambda cfg, splits: replace_section(
+        cfg, "encoder", match_low_quality=True
+    ),
+    "25 epochs": lambda cfg, splits: replace_section(cfg, "train", epochs=25, epochs_per_drop=18),
+    "warm-up 1 epoch": lambda cfg, splits: replace_section(cfg, "train", warmup_epochs=1.0),
+    "stronger augmentation": lambda cfg, splits: replace_section(
         cfg, "data", max_rotation_degrees=10.0, max_shift_fraction=0.12
     ),
-    "no augmentation": lambda cfg, splits: _set(
+    "no augmentation": lambda cfg, splits: replace_section(
         cfg, "data", horizontal_flip=False, max_rotation_degrees=0.0, max_shift_fraction=0.0
     ),
     "320 px, 14 epochs": lambda cfg, splits: dataclasses.replace(
-        _set(cfg, "train", epochs=14, epochs_per_drop=10), image_size=320
+        replace_section(cfg, "train", epochs=14, epochs_per_drop=10), image_size=320
     ),
-    "30 epochs": lambda cfg, splits: _set(cfg, "train", epochs=30, epochs_per_drop=22),
-    "batch 4": lambda cfg, splits: _set(cfg, "train", batch_size=4),
-    "2 hidden convolutions per head": lambda cfg, splits: _set(cfg, "model", head_convs=2),
-    "stronger augmentation, 25 epochs": lambda cfg, splits: _set(
-        _set(cfg, "data", max_rotation_degrees=10.0, max_shift_fraction=0.12),
+    "30 epochs": lambda cfg, splits: replace_section(cfg, "train", epochs=30, epochs_per_drop=22),
+    "batch 4": lambda cfg, splits: replace_section(cfg, "train", batch_size=4),
+    "2 hidden convolutions per head": lambda cfg, splits: replace_section(
+        cfg, "model", head_convs=2
+    ),
+    "stronger augmentation, 25 epochs": lambda cfg, splits: replace_section(
+        replace_section(cfg, "data", max_rotation_degrees=10.0, max_shift_fraction=0.12),
         "train",
         epochs=25,
         epochs_per_drop=18,
     ),
-    "stronger augmentation, 30 epochs": lambda cfg, splits: _set(
-        _set(cfg, "data", max_rotation_degrees=10.0, max_shift_fraction=0.12),
+    "stronger augmentation, 30 epochs": lambda cfg, splits: replace_section(
+        replace_section(cfg, "data", max_rotation_degrees=10.0, max_shift_fraction=0.12),
         "train",
         epochs=30,
         epochs_per_drop=22,
@@ -159,15 +163,17 @@ RECIPE_ARMS: dict[str, Arm] = {
 }
 
 LOSS_ARMS: dict[str, Arm] = {
-    "CE": lambda cfg, splits: _set(cfg, "loss", alpha=None, gamma=0.0),
-    "CE, no prior (bias 0)": lambda cfg, splits: _set(
-        _set(cfg, "loss", alpha=None, gamma=0.0), "model", class_prior=0.5
+    "CE": lambda cfg, splits: replace_section(cfg, "loss", alpha=None, gamma=0.0),
+    "CE, no prior (bias 0)": lambda cfg, splits: replace_section(
+        replace_section(cfg, "loss", alpha=None, gamma=0.0), "model", class_prior=0.5
     ),
-    "balanced CE (alpha 0.75)": lambda cfg, splits: _set(cfg, "loss", alpha=0.75, gamma=0.0),
-    "OHEM (CE, 3 negatives per positive)": lambda cfg, splits: _set(
+    "balanced CE (alpha 0.75)": lambda cfg, splits: replace_section(
+        cfg, "loss", alpha=0.75, gamma=0.0
+    ),
+    "OHEM (CE, 3 negatives per positive)": lambda cfg, splits: replace_section(
         cfg, "loss", alpha=None, gamma=0.0, hard_negative_ratio=3.0
     ),
-    "focal loss (gamma 2, alpha 0.25)": lambda cfg, splits: _set(
+    "focal loss (gamma 2, alpha 0.25)": lambda cfg, splits: replace_section(
         cfg, "loss", alpha=0.25, gamma=2.0
     ),
 }
@@ -179,7 +185,7 @@ def _halved_anchors(cfg: RetinaNetConfig) -> RetinaNetConfig:
     model meets a 1024 px image shrunk to 512."""
     sizes = tuple(size / 2 for size in cfg.anchors.base_sizes)
     return dataclasses.replace(
-        _set(cfg, "anchors", base_sizes=sizes), image_size=cfg.image_size // 2
+        replace_section(cfg, "anchors", base_sizes=sizes), image_size=cfg.image_size // 2
     )
 
 
@@ -190,13 +196,15 @@ RESOLUTION_ARMS: dict[str, Arm] = {
 }
 
 AUGMENTATION_ARMS: dict[str, Arm] = {
-    "none": lambda cfg, splits: _set(
+    "none": lambda cfg, splits: replace_section(
         cfg, "data", horizontal_flip=False, max_rotation_degrees=0.0, max_shift_fraction=0.0
     ),
-    "flips only": lambda cfg, splits: _set(
+    "flips only": lambda cfg, splits: replace_section(
         cfg, "data", horizontal_flip=True, max_rotation_degrees=0.0, max_shift_fraction=0.0
     ),
-    "shifts + rotations only": lambda cfg, splits: _set(cfg, "data", horizontal_flip=False),
+    "shifts + rotations only": lambda cfg, splits: replace_section(
+        cfg, "data", horizontal_flip=False
+    ),
     "flips + shifts + rotations": lambda cfg, splits: cfg,
 }
 
@@ -204,15 +212,15 @@ AUGMENTATION_ARMS: dict[str, Arm] = {
 #: with the blog's batch-1 rate 5e-4 and a drop to a tenth after epoch 22.
 BLOG_RATES = (5.0e-4, 5.0e-5)
 BATCH_ARMS: dict[str, Arm] = {
-    "batch 1, rate 5e-4": lambda cfg, splits: _set(cfg, "train", batch_size=1),
-    "batch 8, rate 4e-3 (scaled), warm-up 2 epochs": lambda cfg, splits: _set(
+    "batch 1, rate 5e-4": lambda cfg, splits: replace_section(cfg, "train", batch_size=1),
+    "batch 8, rate 4e-3 (scaled), warm-up 2 epochs": lambda cfg, splits: replace_section(
         cfg, "train", batch_size=8, scale_learning_rate=True, warmup_epochs=2.0
     ),
 }
 
 
 def _batch_base() -> RetinaNetConfig:
-    return _set(
+    return replace_section(
         config_for_mode("cpu"),
         "train",
         optimizer="sgd",
@@ -228,7 +236,7 @@ FINAL_ARMS: dict[str, Arm] = {
 
 IMBALANCE_ARMS: dict[str, Arm] = {
     "natural mix": lambda cfg, splits: cfg,
-    "balanced batches (50 % positive images)": lambda cfg, splits: _set(
+    "balanced batches (50 % positive images)": lambda cfg, splits: replace_section(
         cfg, "data", positive_image_fraction=0.5
     ),
 }
@@ -354,7 +362,7 @@ def _test_scores(
 
 def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
     """The baseline model scored again with flip test-time augmentation (no retraining)."""
-    tta_cfg = _set(cfg, "decode", flip_tta=True)
+    tta_cfg = replace_section(cfg, "decode", flip_tta=True)
     train_split = predict_split(result.model, splits.train, tta_cfg)
     threshold, _ = choose_score_threshold(
         train_split.predictions, train_split.gt_boxes_xyxy, tta_cfg
@@ -489,7 +497,7 @@ def run_study(
             if not reused:
                 runs[key] = run_arm(name, cfg, splits, seed, first_steps=FIRST_STEPS)
             result = runs[key]
-            seeded = result_cfg(cfg, seed)
+            seeded = with_seed(cfg, seed)
             row = {**result.row, "arm": name}
             validation_names = _names(splits.validation, result.validation.indices)
             tables: PerImage = {"": _per_image(validation_names, result.per_image)}
@@ -539,11 +547,6 @@ def refresh_config_ids(study: str) -> Path:
         table.insert(list(table.columns).index("data") + 1, "config_id", column)
     table.to_csv(csv_path, index=False)
     return csv_path
-
-
-def result_cfg(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:
-    """The config a run actually used (its training seed set)."""
-    return _set(cfg, "train", seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

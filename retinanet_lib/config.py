@@ -44,6 +44,7 @@ __all__ = [
     "SyntheticConfig",
     "config_for_mode",
     "describe_setup",
+    "replace_section",
     "run_mode_from_env",
 ]
 
@@ -530,6 +531,18 @@ class RetinaNetConfig:
 RUN_MODES = ("cpu", "full")
 #: Environment variable that chooses the run mode in every chapter's parameters cell.
 RUN_MODE_ENV = "RETINANET_MODE"
+
+
+def replace_section(cfg: RetinaNetConfig, section: str, **changes: Any) -> RetinaNetConfig:
+    """`cfg` with some fields of one section (`"train"`, `"model"`, ...) replaced.
+
+    Example:
+        >>> replace_section(RetinaNetConfig(), "train", epochs=3).train.epochs
+        3
+    """
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
+    )
 
 
 def run_mode_from_env(default: str = "cpu") -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from retinanet_lib.config import PretrainConfig, RetinaNetConfig
+from retinanet_lib.config import PretrainConfig, RetinaNetConfig, replace_section
 from retinanet_lib.metrics import image_level_scores
 from retinanet_lib.model import build_backbone
 from retinanet_lib.pipeline import Records, make_dataset, make_records, positive_image_mask
@@ -51,13 +51,6 @@ SHIPPED_BACKBONE_WEIGHTS = SMALL_RESNET_OPACITY
 LOGIT_LAYER = "opacity_logit"
 
 
-def _replace(cfg: RetinaNetConfig, section: str, **changes) -> RetinaNetConfig:
-    """`cfg` with some fields of one section replaced."""
-    return dataclasses.replace(
-        cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
-    )
-
-
 def transfer_configs(cfg: RetinaNetConfig) -> dict[str, RetinaNetConfig]:
     """The transfer-learning levels of Chapter 6, as changes of `cfg` (the same epochs, rates
     and data for every one).
@@ -82,7 +75,7 @@ def transfer_configs(cfg: RetinaNetConfig) -> dict[str, RetinaNetConfig]:
             f"RETINANET_MODE=cpu); this configuration uses {cfg.model.backbone!r}."
         )
     start = {"backbone_weights": "opacity", "freeze_backbone_batchnorm": True}
-    pretrained = _replace(cfg, "model", **start)
+    pretrained = replace_section(cfg, "model", **start)
     levels = {
         "frozen backbone (level 2)": ("model", {"freeze_backbone": True}),
         "top stages unfrozen (level 3)": (
@@ -98,7 +91,7 @@ def transfer_configs(cfg: RetinaNetConfig) -> dict[str, RetinaNetConfig]:
     }
     arms = {"from scratch": cfg}
     for name, (section, changes) in levels.items():
-        arms[name] = _replace(pretrained, section, **changes)
+        arms[name] = replace_section(pretrained, section, **changes)
     return arms
 
 
@@ -197,7 +190,7 @@ def pretrain_backbone(
     Returns:
         The classifier, its history and its validation scores.
     """
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=pretrain_cfg.seed))
+    cfg = replace_section(cfg, "train", seed=pretrain_cfg.seed)
     keras.utils.set_random_seed(pretrain_cfg.seed)
     tf.config.experimental.enable_op_determinism()
     classifier = build_opacity_classifier(cfg)

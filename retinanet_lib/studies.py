@@ -30,7 +30,13 @@ import pandas as pd
 
 from retinanet_lib.anchors import anchor_level_ids, generate_anchors
 from retinanet_lib.boxes import pairwise_iou, scale_boxes, xywh_to_xyxy
-from retinanet_lib.config import BACKGROUND_CLASS, IGNORE_CLASS, DataConfig, RetinaNetConfig
+from retinanet_lib.config import (
+    BACKGROUND_CLASS,
+    IGNORE_CLASS,
+    DataConfig,
+    RetinaNetConfig,
+    replace_section,
+)
 from retinanet_lib.dicom_io import read_dicom_header
 from retinanet_lib.encoding import split_targets
 from retinanet_lib.evaluate import (
@@ -129,7 +135,7 @@ def _changed(values: dict, defaults: dict) -> dict:
 
 def with_seed(cfg: RetinaNetConfig, seed: int) -> RetinaNetConfig:
     """`cfg` with training seed `seed` (weights, data order, augmentation); same data split."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+    return replace_section(cfg, "train", seed=seed)
 
 
 @dataclass(frozen=True)
@@ -308,7 +314,7 @@ def first_steps_losses(
     """
     steps_per_epoch = num_batches(len(splits.train), cfg.train.batch_size, training=True)
     epochs = -(-num_steps // steps_per_epoch)
-    short = _set_epochs(with_seed(cfg, seed), epochs)
+    short = replace_section(with_seed(cfg, seed), "train", epochs=epochs)
     set_seed(seed)
     recorder = FirstStepsLoss(num_steps)
     with tempfile.TemporaryDirectory() as workdir:
@@ -322,10 +328,6 @@ def first_steps_losses(
             extra_callbacks=[recorder],
         )
     return recorder.losses
-
-
-def _set_epochs(cfg: RetinaNetConfig, epochs: int) -> RetinaNetConfig:
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
 
 
 def moved_validation_scores(

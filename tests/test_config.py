@@ -129,3 +129,16 @@ def test_with_score_threshold_changes_only_the_threshold():
     changed = cfg.with_score_threshold(0.35)
     assert changed.decode.score_threshold == 0.35 and cfg.decode.score_threshold == 0.05
     assert dataclasses.replace(changed, decode=cfg.decode) == cfg
+
+
+def test_replace_section_changes_one_section_only():
+    from retinanet_lib.config import config_for_mode, replace_section
+
+    cfg = config_for_mode("cpu")
+    changed = replace_section(cfg, "train", epochs=3, seed=5)
+    assert (changed.train.epochs, changed.train.seed) == (3, 5)
+    assert changed.train.learning_rates == cfg.train.learning_rates
+    assert (changed.model, changed.data, changed.loss) == (cfg.model, cfg.data, cfg.loss)
+    assert cfg.train.epochs != 3  # the original is left alone
+    with pytest.raises(TypeError):
+        replace_section(cfg, "train", no_such_field=1)
