@@ -18,11 +18,14 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from retinanet_lib.anchors import generate_anchors
 from retinanet_lib.boxes import xywh_to_xyxy
 from retinanet_lib.config import RetinaNetConfig
 from retinanet_lib.heatmap import score_heatmap
-from retinanet_lib.inference import compiled_predictor, decode_all, non_max_suppression
+from retinanet_lib.inference import (
+    compiled_predictor,
+    decode_predictions,
+    non_max_suppression,
+)
 from retinanet_lib.metrics import (
     DetectionScores,
     PrecisionRecall,
@@ -153,11 +156,6 @@ def split_images(
     return (np.concatenate(images) if images else np.zeros((0, size, size), np.uint8)), gt_boxes
 
 
-def _decode(predictions: np.ndarray, cfg: RetinaNetConfig):
-    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
-    return decode_all(tf.constant(predictions), anchors_xyxy, cfg)
-
-
 def _detections(boxes_xyxy, probabilities, cfg, score_threshold):
     decode_cfg = dataclasses.replace(cfg.decode, score_threshold=score_threshold)
     detections = non_max_suppression(boxes_xyxy, probabilities, decode_cfg)
@@ -171,7 +169,9 @@ def detections_of(predictions: np.ndarray, cfg: RetinaNetConfig) -> list:
     Returns:
         `N` pairs `(boxes_xyxy (n_i, 4), scores (n_i,))`, scores descending.
     """
-    boxes, scores = _detections(*_decode(predictions, cfg), cfg, cfg.decode.score_threshold)
+    boxes, scores = _detections(
+        *decode_predictions(predictions, cfg), cfg, cfg.decode.score_threshold
+    )
     return list(zip(boxes, scores, strict=True))
 
 
@@ -182,7 +182,7 @@ def score_at(
     score_threshold: float,
 ) -> DetectionScores:
     """RSNA metric, precision and recall with detections above one score threshold."""
-    boxes, scores = _detections(*_decode(predictions, cfg), cfg, score_threshold)
+    boxes, scores = _detections(*decode_predictions(predictions, cfg), cfg, score_threshold)
     return rsna_scores(gt_boxes_xyxy, boxes, scores)
 
 
@@ -194,7 +194,7 @@ def average_precision_at(
 ) -> PrecisionRecall:
     """Precision-recall curve and average precision at one IoU (threshold-free), from the
     detections after NMS down to a score of `AP_SCORE_THRESHOLD`."""
-    boxes, scores = _detections(*_decode(predictions, cfg), cfg, AP_SCORE_THRESHOLD)
+    boxes, scores = _detections(*decode_predictions(predictions, cfg), cfg, AP_SCORE_THRESHOLD)
     return precision_recall(gt_boxes_xyxy, boxes, scores, iou_threshold)
 
 
@@ -208,7 +208,7 @@ def evaluate_thresholds(
 
     The predictions are decoded once; only NMS and the metric run per threshold.
     """
-    boxes_xyxy, probabilities = _decode(predictions, cfg)
+    boxes_xyxy, probabilities = decode_predictions(predictions, cfg)
     rows = []
     for threshold in score_thresholds:  # a handful of thresholds, each fully vectorized
         boxes, scores = _detections(boxes_xyxy, probabilities, cfg, float(threshold))
@@ -250,7 +250,7 @@ def heatmaps_of(predictions: np.ndarray, cfg: RetinaNetConfig, reduce: str = "me
     Returns:
         `N` float32 maps `(S, S)` in model-input pixels.
     """
-    boxes_xyxy, probabilities = _decode(predictions, cfg)
+    boxes_xyxy, probabilities = decode_predictions(predictions, cfg)
     size = (cfg.image_size, cfg.image_size)
     return [
         score_heatmap(boxes, probs[:, 0], size, reduce=reduce)

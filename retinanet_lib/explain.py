@@ -31,11 +31,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from retinanet_lib.anchors import anchor_level_ids, generate_anchors
+from retinanet_lib.anchors import anchor_level_ids
 from retinanet_lib.boxes import pairwise_iou
 from retinanet_lib.config import RetinaNetConfig
 from retinanet_lib.heatmap import covering_mean, score_heatmap
-from retinanet_lib.inference import decode_all
+from retinanet_lib.inference import decode_predictions
 from retinanet_lib.metrics import match_detections, pad_boxes, pairwise_iou_batched
 
 __all__ = [
@@ -100,8 +100,7 @@ def best_anchor_for_box(
     Returns:
         The anchor's index into the `A` predictions.
     """
-    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
-    decoded_xyxy, probabilities = decode_all(np.asarray(prediction)[None], anchors_xyxy, cfg)
+    decoded_xyxy, probabilities = decode_predictions(np.asarray(prediction)[None], cfg)
     box = np.asarray(box_xyxy, np.float32).reshape(1, 4)
     iou = np.asarray(pairwise_iou(box, decoded_xyxy[0]))[0]  # (A,)
     scores = np.asarray(probabilities)[0].max(axis=-1)  # (A,)
@@ -175,7 +174,7 @@ def explanation_cases(
     missed = truth_valid & (overlaps < match_iou)  # (I, G)
     sides = np.clip(truth_xyxy[..., 2:] - truth_xyxy[..., :2], 0, None)
     areas = np.where(missed, sides.prod(axis=-1), -1.0)
-    top_scores = 1 / (1 + np.exp(-predictions[..., 4:].max(axis=(1, 2))))  # (I,)
+    top_logits = predictions[..., 4:].max(axis=(1, 2))  # (I,): ranks as the scores do
     negative = ~truth_valid.any(axis=1)
     picks = {
         "true positive": (np.where(hit, scores, -1.0), boxes_xyxy),
@@ -196,10 +195,9 @@ def explanation_cases(
         absent.append("negative image")
     if absent:
         raise ValueError(f"The split has no case of these kinds: {', '.join(absent)}.")
-    index = int(np.argmax(np.where(negative, top_scores, -1.0)))
+    index = int(np.argmax(np.where(negative, top_logits, -np.inf)))
     anchor = int(np.argmax(predictions[index, :, 4:].max(axis=-1)))
-    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
-    decoded_xyxy, _ = decode_all(predictions[index : index + 1], anchors_xyxy, cfg)
+    decoded_xyxy, _ = decode_predictions(predictions[index : index + 1], cfg)
     box = np.asarray(decoded_xyxy)[0, anchor]
     score = anchor_score_of(predictions[index], anchor)
     cases.append(Case(index, "negative image", anchor, box, score))
@@ -366,8 +364,7 @@ def explain_anchor(
     Returns:
         `{"mean box score", "Grad-CAM", "occlusion"}` -> `(S, S)` float32 maps.
     """
-    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
-    boxes_xyxy, probabilities = decode_all(np.asarray(prediction)[None], anchors_xyxy, cfg)
+    boxes_xyxy, probabilities = decode_predictions(np.asarray(prediction)[None], cfg)
     size = (cfg.image_size, cfg.image_size)
     mean_map = score_heatmap(
         np.asarray(boxes_xyxy)[0], np.asarray(probabilities)[0, :, 0], size, reduce="mean"

@@ -35,6 +35,7 @@ __all__ = [
     "build_detector",
     "compiled_predictor",
     "decode_all",
+    "decode_predictions",
     "detect",
     "level_probability_maps",
     "merge_flipped_predictions",
@@ -387,3 +388,15 @@ def level_probability_maps(predictions: TensorLike, cfg: RetinaNetConfig) -> lis
         chunk.reshape(len(chunk), height, width, per_location).max(axis=-1)
         for chunk, (height, width) in zip(chunks, sizes, strict=True)
     ]
+
+
+def decode_predictions(
+    predictions: TensorLike, cfg: RetinaNetConfig
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """`decode_all` with the anchors of `cfg` (its image size and anchor settings).
+
+    Returns:
+        `boxes_xyxy (B, A, 4)` and `probabilities (B, A, K)`.
+    """
+    anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    return decode_all(predictions, anchors_xyxy, cfg)

@@ -222,7 +222,8 @@ def _matched_predictions(
     """Padded, score-sorted predictions and which of them are hits at each threshold.
 
     Returns:
-        matched `(I, T, N)` bool, pred_valid `(I, N)`, gt_valid `(I, G)`, sorted scores `(I, N)`.
+        matched `(I, T, N)` bool, pred_valid `(I, N)`, gt_valid `(I, G)`, sorted scores `(I, N)`
+        and the sorted boxes `(I, N, 4)`.
     """
     if matching not in MATCHING_RULES:
         raise ValueError(f"matching must be one of {MATCHING_RULES}, got {matching!r}.")
@@ -235,7 +236,7 @@ def _matched_predictions(
     hits = iou[:, None] > limits if strict_iou else iou[:, None] >= limits  # (I, T, N, G)
     hits &= gt_valid[:, None, None, :]
     rule = _match_confidence_first if matching == "confidence_first" else _match_ground_truth_first
-    return rule(iou, pred_valid, gt_valid, hits), pred_valid, gt_valid, scores
+    return rule(iou, pred_valid, gt_valid, hits), pred_valid, gt_valid, scores, pred
 
 
 def match_detections(
@@ -257,10 +258,9 @@ def match_detections(
         detections sorted by decreasing score and padded, and whether each is a true positive
         (confidence-first greedy matching, as `rsna_scores`).
     """
-    matched, valid, _, scores = _matched_predictions(
+    matched, valid, _, scores, boxes_xyxy = _matched_predictions(
         gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, (iou_threshold,), "confidence_first", False
     )
-    boxes_xyxy, _, _ = pad_boxes(pred_boxes_xyxy, pred_scores)
     return boxes_xyxy, scores, valid, matched[:, 0] & valid
 
 
@@ -286,7 +286,7 @@ def rsna_scores(
         The metric, per-image scores, and precision/recall at IoU 0.5.
     """
     thresholds = np.asarray(iou_thresholds, np.float64)
-    matched, pred_valid, gt_valid, _ = _matched_predictions(
+    matched, pred_valid, gt_valid, _, _ = _matched_predictions(
         gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, thresholds, matching, strict_iou
     )
     true_positives = matched.sum(axis=-1)  # (I, T)
@@ -359,7 +359,7 @@ def precision_recall(
     Returns:
         The curve and its average precision.
     """
-    matched, pred_valid, gt_valid, scores = _matched_predictions(
+    matched, pred_valid, gt_valid, scores, _ = _matched_predictions(
         gt_boxes_xyxy, pred_boxes_xyxy, pred_scores, [iou_threshold], "confidence_first", False
     )
     hit = matched[:, 0][pred_valid]  # (D,)

@@ -481,6 +481,14 @@ def plot_level_probabilities(
     return shown
 
 
+def _show_plain(ax: Axes, image: TensorLike, gt_boxes_xyxy: TensorLike | None) -> None:
+    """A gallery's plain X-ray: the image, its ground truth in red, the axes on the image."""
+    show_image(ax, image)
+    if gt_boxes_xyxy is not None:
+        draw_boxes(ax, gt_boxes_xyxy, color="red", linewidth=2.0)
+    _clamp_to_image(ax, np.asarray(image).shape)
+
+
 def plot_heatmap_gallery(
     images: list[TensorLike],
     rows: dict[str, list[TensorLike]],
@@ -523,10 +531,8 @@ def plot_heatmap_gallery(
     )
     if plain_row:
         for column, ax in enumerate(axes[0]):
-            show_image(ax, images[column])
-            if gt_boxes_xyxy is not None:
-                draw_boxes(ax, gt_boxes_xyxy[column], color="red", linewidth=2.0)
-            _clamp_to_image(ax, np.asarray(images[column]).shape)
+            truth = None if gt_boxes_xyxy is None else gt_boxes_xyxy[column]
+            _show_plain(ax, images[column], truth)
         axes[0][0].set_ylabel("X-ray")
     for row_axes, (row_label, heatmaps) in zip(axes[int(plain_row) :], rows.items(), strict=True):
         vmax = max(max(float(np.max(h)) for h in heatmaps), _MIN_COLOR_RANGE)
@@ -592,9 +598,7 @@ def plot_explanations(
         layout="constrained",
     )
     for row, ax in enumerate(axes[:, 0]):
-        show_image(ax, images[row])
-        draw_boxes(ax, gt_boxes_xyxy[row], color="red", linewidth=2.0)
-        _clamp_to_image(ax, np.asarray(images[row]).shape)
+        _show_plain(ax, images[row], gt_boxes_xyxy[row])
         ax.set_ylabel(row_titles[row], fontsize=9)
     for column, name in enumerate(names, start=1):
         if name in signed:  # stronger overlay: the diverging scale is pale near 0

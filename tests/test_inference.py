@@ -257,3 +257,21 @@ def test_nms_is_greedy_a_removed_box_removes_nothing():
     ).for_image(0)
     np.testing.assert_allclose(library_boxes, boxes_xyxy[[0, 2]])
     np.testing.assert_allclose(library_scores, [0.9, 0.7])
+
+
+def test_decode_predictions_uses_the_configs_own_anchors():
+    from retinanet_lib.anchors import generate_anchors
+    from retinanet_lib.inference import decode_all, decode_predictions
+
+    cfg = dataclasses.replace(config_for_mode("cpu"), image_size=64)
+    anchors = generate_anchors(64, 64, cfg.anchors)
+    predictions = np.random.default_rng(3).normal(0, 1, (2, anchors.shape[0], 5))
+    boxes, probabilities = decode_predictions(predictions.astype(np.float32), cfg)
+    expected_boxes, expected_probabilities = decode_all(predictions, anchors, cfg)
+    assert boxes.shape == (2, anchors.shape[0], 4) and probabilities.shape == (
+        2,
+        anchors.shape[0],
+        1,
+    )
+    np.testing.assert_allclose(boxes, expected_boxes, atol=1e-5)
+    np.testing.assert_allclose(probabilities, expected_probabilities, atol=1e-6)
