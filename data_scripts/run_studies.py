@@ -8,6 +8,7 @@
     python data_scripts/run_studies.py augmentation    # Chapter 5: the position-bias tests
     python data_scripts/run_studies.py final           # test-split numbers, before and after
     python data_scripts/run_studies.py batch           # batch 1 against batch 8, scaled rate
+    python data_scripts/run_studies.py winners         # Chapter 7: image head, gating, ensembles
     python data_scripts/run_studies.py resolution augmentation final   # several, one process
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
@@ -54,6 +55,15 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   0.9, as the blog) at batch 1 and the blog's rate 5e-4, against batch 8 at the linearly
   scaled rate 4e-3 with a 2-epoch warm-up (Goyal et al. 2017); 30 epochs each, rate / 10
   after epoch 22, five seeds.
+
+* *winners*: Chapter 7, what won the RSNA challenge: the CPU default, with an image-level
+  head (multi-task), and with the head and balanced batches, 3 seeds each. Every model is
+  also run on the validation and test splits, plainly and with flip test-time augmentation,
+  and each arm is scored in the variants `WINNER_VARIANTS` (one model or the ensemble of the
+  three seeds; with flips; with an image-level gate), each with its threshold and gate chosen
+  on the validation split and the test split scored once at them
+  (`retinanet_lib.winners.score_variant`): `winners_variants.csv` and, per test image,
+  `winners_test_per_image.csv`. `winners.csv` holds the training runs as every study does.
 
 `LEGACY_STUDIES` lists the CSVs still written by older code (without these columns or with
 uncommitted changes); the book says so where it uses them.
@@ -103,6 +113,7 @@ from retinanet_lib.studies import (  # noqa: E402
     run_arm,
     with_seed,
 )
+from retinanet_lib.winners import ModelOutputs, score_variant, variant_predictions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent.parent / "retinanet_lib" / "results"
 FIRST_STEPS = 60
@@ -251,6 +262,24 @@ TRANSFER_ARMS: dict[str, Arm] = {
 }
 
 
+WINNER_ARMS: dict[str, Arm] = {
+    "CPU default": lambda cfg, splits: cfg,
+    "image head": lambda cfg, splits: replace_section(cfg, "model", image_head=True),
+    "image head + balanced batches": lambda cfg, splits: replace_section(
+        replace_section(cfg, "model", image_head=True), "data", positive_image_fraction=0.5
+    ),
+}
+#: The winners study's variants of each arm: (name, ensemble of the seeds, flips, gate).
+WINNER_VARIANTS = (
+    ("single model", False, False, False),
+    ("single, gated", False, False, True),
+    ("single, flip TTA", False, True, False),
+    ("ensemble of 3", True, False, False),
+    ("ensemble of 3, gated", True, False, True),
+    ("ensemble of 3, flip TTA", True, True, False),
+    ("ensemble of 3, flip TTA, gated", True, True, True),
+)
+
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),
     "loss": (LOSS_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
@@ -260,6 +289,7 @@ STUDIES = {  # arms, seeds, base configuration
     "batch": (BATCH_ARMS, (0, 1, 2, 3, 4), _batch_base),
     "imbalance": (IMBALANCE_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "transfer": (TRANSFER_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
+    "winners": (WINNER_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
 }
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
@@ -524,6 +554,100 @@ def run_study(
     return csv_path
 
 
+def _model_outputs(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits):
+    """A trained model's outputs on the validation and test splits, plain and flip-averaged,
+    and the two splits' ground truth."""
+    flipped_cfg = replace_section(cfg, "decode", flip_tta=True)
+    validation = predict_split(result.model, splits.validation, cfg)
+    test = predict_split(result.model, splits.test, cfg)
+    outputs = ModelOutputs(
+        validation=validation.predictions,
+        test=test.predictions,
+        validation_flipped=predict_split(result.model, splits.validation, flipped_cfg).predictions,
+        test_flipped=predict_split(result.model, splits.test, flipped_cfg).predictions,
+    )
+    return outputs, validation, test
+
+
+def run_winners(
+    seeds: tuple[int, ...],
+    only: list[str] | None,
+    runs: dict[tuple[str, int], ArmResult],
+    commit: str,
+) -> Path:
+    """The winners study: trains each arm with every seed (reusing a run trained earlier in
+    this process), writes the runs as any study does, then scores every variant of
+    `WINNER_VARIANTS` of the arm. An arm is resumed as a whole (its ensembles need all of
+    its models in memory): an arm whose variants are all in the CSV is skipped."""
+    arms, _, make_base = STUDIES["winners"]
+    base = make_base()
+    splits = load_splits("cpu", base)
+    if splits.test is None:
+        raise ValueError("The winners study needs a labelled test split.")
+    csv_path = RESULTS / "winners.csv"
+    variants_path = RESULTS / "winners_variants.csv"
+    done_variants = set()
+    if variants_path.is_file():
+        table = pd.read_csv(variants_path, dtype={"seeds": str})
+        done_variants = set(zip(table["arm"], table["variant"], table["seeds"], strict=True))
+    done = done_runs(csv_path)
+    ensemble_seeds = "+".join(map(str, seeds))
+    for name, make_cfg in arms.items():
+        wanted = {
+            (name, variant, ensemble_seeds if ensemble else str(seed))
+            for variant, ensemble, _, _ in WINNER_VARIANTS
+            for seed in seeds
+        }
+        if (only and name not in only) or wanted <= done_variants:
+            continue
+        cfg = make_cfg(base, splits)
+        members, truth = [], {}
+        for seed in seeds:
+            start = time.perf_counter()
+            key = (config_id(cfg), seed)
+            reused = key in runs
+            if not reused:
+                runs[key] = run_arm(name, cfg, splits, seed)
+            result = runs[key]
+            seeded = with_seed(cfg, seed)
+            outputs, validation, test = _model_outputs(result, seeded, splits)
+            members.append(outputs)
+            truth = {"validation": validation.gt_boxes_xyxy, "test": test.gt_boxes_xyxy}
+            test_names = _names(splits.test, test.indices)
+            if (name, seed) not in done:
+                append_row(csv_path, {**result.row, "arm": name, "commit": commit})
+                names = _names(splits.validation, result.validation.indices)
+                table = _per_image(names, result.per_image)
+                table.insert(0, "seed", seed)
+                table.insert(0, "arm", name)
+                append_rows(RESULTS / "winners_per_image.csv", table)
+            how = "reused" if reused else "trained"
+            print(f"winners | {name} | seed {seed} ({how}, {time.perf_counter() - start:.0f} s)")
+        for variant, ensemble, flip, gate in WINNER_VARIANTS:
+            groups = (
+                [(ensemble_seeds, members)]
+                if ensemble
+                else [(str(seed), [member]) for seed, member in zip(seeds, members, strict=True)]
+            )
+            for label, group in groups:
+                if (name, variant, label) in done_variants:
+                    continue
+                validation, test = variant_predictions(group, flip)
+                scored = score_variant(
+                    validation, truth["validation"], test, truth["test"], cfg, gate
+                )
+                row = {"arm": name, "variant": variant, "seeds": label, **scored.row}
+                append_row(variants_path, {**row, "config_id": config_id(cfg), "commit": commit})
+                per_image = scored.per_image
+                per_image.insert(0, "image", test_names)
+                per_image.insert(0, "seeds", label)
+                per_image.insert(0, "variant", variant)
+                per_image.insert(0, "arm", name)
+                append_rows(RESULTS / "winners_test_per_image.csv", per_image)
+                print(f"winners | {name} | {variant} | seeds {label}: {row}", flush=True)
+    return variants_path
+
+
 def refresh_config_ids(study: str) -> Path:
     """Recomputes the `config_id` column of a study's CSV from its arm definitions (no
     training): `config_id` is a function of the configuration alone, so a change in how it is
@@ -570,7 +694,10 @@ def main(argv: list[str] | None = None) -> int:
     commit = _commit()
     for study in args.studies:
         seeds = tuple(args.seeds) if args.seeds else STUDIES[study][1]
-        path = run_study(study, seeds, args.arms, runs, commit)
+        if study == "winners":
+            path = run_winners(seeds, args.arms, runs, commit)
+        else:
+            path = run_study(study, seeds, args.arms, runs, commit)
         print(f"results in {path}")
     return 0
 

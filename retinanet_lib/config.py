@@ -251,6 +251,10 @@ class ModelConfig:
             model with `training=False`; in Keras 3 a functional model's outer `training`
             flag overrides that argument of a nested model, so the library freezes the layers
             instead.)
+        image_head: Add the image-level "any opacity?" output of the RSNA challenge's
+            2nd place: global average pooling of the backbone's top level (C5), then one
+            dense logit. It travels as one more channel of the predictions, the same value
+            at every anchor of an image: `(B, A, 4 + K + 1)` (`model.image_logits`).
     """
 
     backbone: str = "resnet50"
@@ -262,6 +266,7 @@ class ModelConfig:
     class_prior: float = PRIOR_PROBABILITY
     frozen_backbone_stages: tuple[str, ...] = ()
     freeze_backbone_batchnorm: bool = False
+    image_head: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "small_resnet_widths", tuple(self.small_resnet_widths))
@@ -298,6 +303,9 @@ class LossConfig:
             anchors, so an image without any positive (most RSNA images) still trains its
             background: 96, the negatives of one R-CNN mini-batch (32 positives, 96
             negatives).
+        image_loss_weight: Weight of the image-level binary cross-entropy (a model built
+            with `ModelConfig.image_head`; no effect without one). An image's label is 1 when
+            any of its anchors is positive.
     """
 
     alpha: float | None = 0.25
@@ -306,6 +314,7 @@ class LossConfig:
     box_loss_weight: float = 1.0
     hard_negative_ratio: float | None = None
     hard_negative_minimum: int = 96
+    image_loss_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0.0 < self.alpha < 1.0:
@@ -322,6 +331,8 @@ class LossConfig:
             raise ValueError(
                 f"hard_negative_minimum must be >= 0, got {self.hard_negative_minimum}."
             )
+        if not self.image_loss_weight >= 0:
+            raise ValueError(f"image_loss_weight must be >= 0, got {self.image_loss_weight}.")
 
 
 @dataclass(frozen=True)
@@ -336,6 +347,10 @@ class DecodeConfig:
         max_candidates: Highest-scoring boxes per image considered by NMS.
         flip_tta: Test-time augmentation: also predict on the mirrored image and average the
             two predictions of every anchor (its mirror anchor's, with the x offset negated).
+        gate_threshold: Image-level gating (the RSNA winners' classifier in front of the
+            detector): an image whose image-level probability is below this keeps no
+            detection. The probability is the image head's (`ModelConfig.image_head`), or
+            without a head the image's highest anchor score. `None`: no gating.
     """
 
     score_threshold: float = 0.05
@@ -343,8 +358,13 @@ class DecodeConfig:
     max_detections: int = 20
     max_candidates: int = 1000
     flip_tta: bool = False
+    gate_threshold: float | None = None
 
     def __post_init__(self) -> None:
+        if self.gate_threshold is not None and not 0.0 <= self.gate_threshold < 1.0:
+            raise ValueError(
+                f"gate_threshold must lie in [0, 1) or be None, got {self.gate_threshold}."
+            )
         if not 0.0 <= self.score_threshold < 1.0:
             raise ValueError(f"score_threshold must lie in [0, 1), got {self.score_threshold}.")
         if not 0.0 < self.nms_iou_threshold <= 1.0:

@@ -24,6 +24,7 @@ from retinanet_lib.heatmap import score_heatmap
 from retinanet_lib.inference import (
     compiled_predictor,
     decode_predictions,
+    image_probabilities,
     non_max_suppression,
 )
 from retinanet_lib.metrics import (
@@ -45,7 +46,9 @@ __all__ = [
     "SCORE_THRESHOLD_GRID",
     "SplitPredictions",
     "average_precision_at",
+    "GATE_THRESHOLD_GRID",
     "choose_score_threshold",
+    "choose_thresholds",
     "detections_of",
     "evaluate_thresholds",
     "predict_split",
@@ -57,6 +60,8 @@ __all__ = [
 #: 0.90. The low end is there for models whose scores run low (plain cross-entropy), so that a
 #: timid model is not judged at a threshold it can never reach.
 SCORE_THRESHOLD_GRID = (0.01, 0.02, 0.03) + tuple(np.round(np.arange(0.05, 0.91, 0.05), 2).tolist())
+#: The image-level gates `choose_thresholds` tries (`None`: no gate), 0.05 to 0.95.
+GATE_THRESHOLD_GRID = (None,) + tuple(np.round(np.arange(0.05, 0.96, 0.05), 2).tolist())
 #: Detections down to this score enter the precision-recall curve (so it reaches high recall).
 AP_SCORE_THRESHOLD = 0.01
 
@@ -163,6 +168,17 @@ def _detections(boxes_xyxy, probabilities, cfg, score_threshold):
     return [p[0] for p in per_image], [p[1] for p in per_image]
 
 
+def _gated(boxes, scores, image_probability, gate_threshold):
+    """Per-image detections with those of images below the gate removed (`None`: no gate)."""
+    if gate_threshold is None:
+        return boxes, scores
+    keep = np.asarray(image_probability) >= gate_threshold
+    return (
+        [b if k else b[:0] for b, k in zip(boxes, keep, strict=True)],
+        [s if k else s[:0] for s, k in zip(scores, keep, strict=True)],
+    )
+
+
 def detections_of(predictions: np.ndarray, cfg: RetinaNetConfig) -> list:
     """What the model reports for each image: NMS at `cfg.decode.score_threshold`.
 
@@ -180,9 +196,14 @@ def score_at(
     gt_boxes_xyxy: Sequence[np.ndarray],
     cfg: RetinaNetConfig,
     score_threshold: float,
+    gate_threshold: float | None = None,
 ) -> DetectionScores:
-    """RSNA metric, precision and recall with detections above one score threshold."""
+    """RSNA metric, precision and recall with detections above one score threshold, and
+    with image-level gating if `gate_threshold` is given (`inference.image_probabilities`)."""
     boxes, scores = _detections(*decode_predictions(predictions, cfg), cfg, score_threshold)
+    if gate_threshold is not None:
+        image_probability = image_probabilities(predictions, cfg).numpy()
+        boxes, scores = _gated(boxes, scores, image_probability, gate_threshold)
     return rsna_scores(gt_boxes_xyxy, boxes, scores)
 
 
@@ -237,6 +258,46 @@ def choose_score_threshold(
     """
     table = evaluate_thresholds(predictions, gt_boxes_xyxy, cfg, score_thresholds)
     return float(table["rsna_metric"].idxmax()), table
+
+
+def choose_thresholds(
+    predictions: np.ndarray,
+    gt_boxes_xyxy: Sequence[np.ndarray],
+    cfg: RetinaNetConfig,
+    score_thresholds: Sequence[float] = SCORE_THRESHOLD_GRID,
+    gate_thresholds: Sequence[float | None] = GATE_THRESHOLD_GRID,
+) -> tuple[float, float | None, pd.DataFrame]:
+    """The score threshold and image-level gate with the highest RSNA metric, searched
+    together (on a tie: the lowest score threshold, then no gate, then the lowest gate).
+
+    Without an image head the gate compares an image's top anchor probability, so a gate at
+    or below the score threshold changes nothing; with one, it is the head's probability.
+
+    Returns:
+        The score threshold, the gate (`None`: no gating) and the table of every pair
+        (`score_threshold`, `gate_threshold` (NaN for none), `rsna_metric`, `precision`,
+        `recall`).
+    """
+    boxes_xyxy, probabilities = decode_predictions(predictions, cfg)
+    image_probability = image_probabilities(predictions, cfg).numpy()
+    rows = []
+    for threshold in score_thresholds:  # NMS once per score threshold
+        boxes, scores = _detections(boxes_xyxy, probabilities, cfg, float(threshold))
+        for gate in gate_thresholds:  # then only a per-image mask per gate
+            result = rsna_scores(gt_boxes_xyxy, *_gated(boxes, scores, image_probability, gate))
+            rows.append(
+                {
+                    "score_threshold": float(threshold),
+                    "gate_threshold": np.nan if gate is None else float(gate),
+                    "rsna_metric": result.rsna_metric,
+                    "precision": result.precision,
+                    "recall": result.recall,
+                }
+            )
+    table = pd.DataFrame(rows)
+    best = table.loc[table["rsna_metric"].idxmax()]  # first maximum: the grid order breaks ties
+    gate = None if np.isnan(best["gate_threshold"]) else float(best["gate_threshold"])
+    return float(best["score_threshold"]), gate, table
 
 
 def heatmaps_of(predictions: np.ndarray, cfg: RetinaNetConfig, reduce: str = "mean") -> list:

@@ -8,6 +8,8 @@ images, i.e. DICOM pixels after CLAHE and the resize to the model's input size
 
 * `boxes_xyxy` `(B, D, 4)` float32, `scores` `(B, D)`, `classes` `(B, D)` int32 and
   `num_detections` `(B,)` int32 (the first `num_detections[i]` rows of image `i` are valid);
+* `image_probability` `(B,)` float32: the image head's "any opacity" probability, or without
+  a head the image's top anchor probability (what gating compares with its threshold);
 * with `with_heatmap=True`, also `heatmap` `(B, S, S)` float32.
 
 Load it anywhere TensorFlow runs, without `retinanet_lib`:
@@ -19,6 +21,7 @@ Load it anywhere TensorFlow runs, without `retinanet_lib`:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -31,11 +34,11 @@ from retinanet_lib.inference import build_detector
 __all__ = ["SERVING_OUTPUTS", "export_inference_model"]
 
 #: Output names of the serving signature (plus `heatmap` when exported with one).
-SERVING_OUTPUTS = ("boxes_xyxy", "scores", "classes", "num_detections")
+SERVING_OUTPUTS = ("boxes_xyxy", "scores", "classes", "num_detections", "image_probability")
 
 
 def export_inference_model(
-    model: keras.Model,
+    model: keras.Model | Sequence[keras.Model],
     cfg: RetinaNetConfig,
     export_dir: str | Path,
     with_heatmap: bool = False,
@@ -45,8 +48,11 @@ def export_inference_model(
 
     Args:
         model: A trained RetinaNet for `cfg` (e.g. from `train.load_trained_model`, whose
-            config carries the run's chosen score threshold).
-        cfg: Its config; `cfg.decode` (score threshold, NMS, flip TTA) is baked in.
+            config carries the run's chosen score threshold), or a list of them: the
+            SavedModel then holds every model and serves their ensemble
+            (`inference.ensemble_predictions`), one graph, one signature.
+        cfg: Its config (for an ensemble: the config its members share); `cfg.decode`
+            (score threshold, NMS, flip TTA, image-level gate) is baked in.
         export_dir: Output folder (created; must not hold another SavedModel).
         with_heatmap: Also output the blog's per-pixel heatmap.
         heatmap_reduce: `"mean"` (the blog's) or `"score_weighted"`.
@@ -71,7 +77,8 @@ def export_inference_model(
         return outputs
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    for member in model if isinstance(model, (list, tuple)) else [model]:
+        archive.track(member)
     archive.add_endpoint(
         "serve", serve, input_signature=[tf.TensorSpec((None, size, size), tf.uint8)]
     )

@@ -16,7 +16,7 @@ augmentation. Boxes are in model-input pixels; `rescale_to_original` maps them b
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from retinanet_lib.anchors import feature_map_sizes, generate_anchors
 from retinanet_lib.boxes import clip_boxes, scale_boxes
 from retinanet_lib.config import AnchorConfig, DecodeConfig, RetinaNetConfig
 from retinanet_lib.encoding import decode_box_deltas
-from retinanet_lib.model import split_predictions
+from retinanet_lib.model import detection_channels, image_logits, split_predictions
 from retinanet_lib.preprocess import to_model_input
 
 __all__ = [
@@ -37,6 +37,9 @@ __all__ = [
     "decode_all",
     "decode_predictions",
     "detect",
+    "ensemble_predictions",
+    "gate_detections",
+    "image_probabilities",
     "level_probability_maps",
     "merge_flipped_predictions",
     "mirror_anchor_indices",
@@ -47,6 +50,9 @@ __all__ = [
 ]
 
 TensorLike = Any
+#: Ensembled probabilities are kept in [eps, 1 - eps] before they become logits again, so
+#: that a saturated model's 0 or 1 gives a finite logit (float32 resolves 1 - 1e-7).
+ENSEMBLE_PROBABILITY_EPSILON = 1e-7
 
 
 def mirror_anchor_indices(image_size: int, cfg: AnchorConfig) -> np.ndarray:
@@ -306,46 +312,60 @@ def build_detector(
 ) -> Callable[[TensorLike], dict[str, tf.Tensor]]:
     """The whole inference graph as one `tf.function`: 8-bit images in, detections out.
 
-    Backbone preprocessing, the forward pass (with flip TTA if `cfg.decode.flip_tta`),
-    decoding of every anchor, the score threshold and NMS, all compiled together. This is the
-    path of `predict.iter_predictions` and of the exported SavedModel (`export`). The function
-    is built and traced once per model and settings, then reused (tracing a ResNet50 graph
-    takes seconds).
+    Backbone preprocessing, the forward pass (with flip TTA if `cfg.decode.flip_tta`; of
+    every model of an ensemble, averaged by `ensemble_predictions`), decoding of every anchor,
+    the score threshold, NMS and image-level gating (`decode_cfg.gate_threshold`), all
+    compiled together. This is the path of `predict.iter_predictions` and of the exported
+    SavedModel (`export`). For one model the function is built and traced once per model and
+    settings, then reused (tracing a ResNet50 graph takes seconds).
 
     Args:
-        model: A RetinaNet for `cfg`.
+        model: A RetinaNet for `cfg`, or a list of them (an ensemble: same config, so the
+            same anchors and heads; trained with different seeds, say).
         cfg: Its config.
-        decode_cfg: Score threshold and NMS settings (default `cfg.decode`).
+        decode_cfg: Score threshold, NMS and gating settings (default `cfg.decode`).
         keep_all: Also return every anchor's box and probability (for the heatmap).
 
     Returns:
         A function `(B, S, S) uint8 images (after CLAHE and resize) -> dict` with
         `boxes_xyxy (B, D, 4)` in model-input pixels, `scores (B, D)`, `classes (B, D)`,
-        `num_detections (B,)` and, with `keep_all`, `all_boxes_xyxy (B, A, 4)` and
-        `probabilities (B, A, K)`.
+        `num_detections (B,)`, `image_probability (B,)` (`image_probabilities`) and, with
+        `keep_all`, `all_boxes_xyxy (B, A, 4)` and `probabilities (B, A, K)`.
     """
     decode_cfg = decode_cfg or cfg.decode
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    if not models:
+        raise ValueError("build_detector needs a model or a non-empty list of models.")
+    if len(models) > 1:  # an ensemble: built for the caller, not cached
+        return _build_detector(models, cfg, decode_cfg, keep_all)
     key = (cfg, decode_cfg, keep_all)  # frozen dataclasses: hashable, equal by value
-    cache = _DETECTORS.setdefault(model, {})
+    cache = _DETECTORS.setdefault(models[0], {})
     if key not in cache:
-        cache[key] = _build_detector(model, cfg, decode_cfg, keep_all)
+        cache[key] = _build_detector(models, cfg, decode_cfg, keep_all)
     return cache[key]
 
 
 def _build_detector(
-    model: Any, cfg: RetinaNetConfig, decode_cfg: DecodeConfig, keep_all: bool
+    models: list[Any], cfg: RetinaNetConfig, decode_cfg: DecodeConfig, keep_all: bool
 ) -> Callable[[TensorLike], dict[str, tf.Tensor]]:
     size = cfg.image_size
     anchors_xyxy = generate_anchors(size, size, cfg.anchors)
     mirror_index = _mirror_index_or_none(cfg)
-    model_ref = weakref.ref(model)
+    model_refs = [weakref.ref(model) for model in models]
 
     @tf.function(input_signature=[tf.TensorSpec((None, size, size), tf.uint8, name="images")])
     def detect_images(images):
         inputs = to_model_input(images, cfg.model.backbone)
-        predictions = _forward(model_ref(), inputs, mirror_index)
-        boxes_xyxy, probabilities = decode_all(predictions, anchors_xyxy, cfg)
+        predictions = ensemble_predictions(
+            [_forward(ref(), inputs, mirror_index) for ref in model_refs]
+        )
+        boxes_xyxy, probabilities = decode_all(
+            detection_channels(predictions, cfg), anchors_xyxy, cfg
+        )
+        image_probability = image_probabilities(predictions, cfg)
         outputs = nms_tensors(boxes_xyxy, probabilities, decode_cfg)
+        outputs = gate_detections(outputs, image_probability, decode_cfg.gate_threshold)
+        outputs["image_probability"] = image_probability
         if keep_all:
             outputs["all_boxes_xyxy"] = boxes_xyxy
             outputs["probabilities"] = probabilities
@@ -376,7 +396,8 @@ def level_probability_maps(predictions: TensorLike, cfg: RetinaNetConfig) -> lis
     Raises:
         ValueError: If `N` does not match the number of anchors of `cfg`.
     """
-    _, cls_logits = split_predictions(tf.convert_to_tensor(predictions, tf.float32))
+    predictions = detection_channels(tf.convert_to_tensor(predictions, tf.float32), cfg)
+    _, cls_logits = split_predictions(predictions)
     probabilities = tf.reduce_max(tf.sigmoid(cls_logits), axis=-1).numpy()  # (B, N)
     per_location = cfg.anchors.num_anchors_per_location
     sizes = feature_map_sizes(cfg.image_size, cfg.image_size, cfg.anchors)
@@ -393,10 +414,90 @@ def level_probability_maps(predictions: TensorLike, cfg: RetinaNetConfig) -> lis
 def decode_predictions(
     predictions: TensorLike, cfg: RetinaNetConfig
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """`decode_all` with the anchors of `cfg` (its image size and anchor settings).
+    """`decode_all` with the anchors of `cfg` (its image size and anchor settings), on the
+    detection channels (an image head's channel is left out).
 
     Returns:
         `boxes_xyxy (B, A, 4)` and `probabilities (B, A, K)`.
     """
     anchors_xyxy = generate_anchors(cfg.image_size, cfg.image_size, cfg.anchors)
+    predictions = detection_channels(tf.convert_to_tensor(predictions, tf.float32), cfg)
     return decode_all(predictions, anchors_xyxy, cfg)
+
+
+def image_probabilities(predictions: TensorLike, cfg: RetinaNetConfig) -> tf.Tensor:
+    """Each image's probability of "any opacity", the quantity gating compares with
+    `DecodeConfig.gate_threshold`: the image head's sigmoid for a model with one, otherwise
+    the image's highest anchor probability (the score of its top detection).
+
+    Args:
+        predictions: `(B, A, C)` model outputs (also ensembled or flip-averaged ones).
+        cfg: The model's config.
+
+    Returns:
+        `(B,)` float32 probabilities.
+    """
+    predictions = tf.convert_to_tensor(predictions, tf.float32)
+    logits = image_logits(predictions, cfg)
+    if logits is None:
+        _, cls_logits = split_predictions(detection_channels(predictions, cfg))
+        logits = tf.reduce_max(cls_logits, axis=[1, 2])  # sigmoid is monotonic
+    return tf.sigmoid(logits)
+
+
+def gate_detections(
+    detections: dict[str, tf.Tensor], image_probability: TensorLike, gate_threshold: float | None
+) -> dict[str, tf.Tensor]:
+    """Image-level gating: an image whose probability is below `gate_threshold` keeps no
+    detection (its boxes and scores are zeroed, `num_detections` set to 0).
+
+    Args:
+        detections: `nms_tensors` output (padded, `(B, D, ...)`).
+        image_probability: `(B,)` from `image_probabilities`.
+        gate_threshold: The gate, or `None` for none (the detections are returned as they are).
+
+    Returns:
+        The detections, gated, same keys and shapes.
+    """
+    if gate_threshold is None:
+        return detections
+    keep = tf.convert_to_tensor(image_probability, tf.float32) >= gate_threshold  # (B,)
+    gated = dict(detections)
+    gated["num_detections"] = tf.where(keep, detections["num_detections"], 0)
+    gated["scores"] = tf.where(keep[:, None], detections["scores"], 0.0)
+    gated["boxes_xyxy"] = tf.where(keep[:, None, None], detections["boxes_xyxy"], 0.0)
+    return gated
+
+
+def ensemble_predictions(predictions: Sequence[TensorLike]) -> tf.Tensor:
+    """Averages the outputs of several models that share the anchors, anchor by anchor.
+
+    Box deltas are averaged; class (and image-head) outputs are averaged as probabilities
+    and turned back into logits, so the result is a model output like any other (decoding,
+    NMS, gating and flip TTA apply unchanged). One model's output is returned as it is.
+
+    Args:
+        predictions: `M` arrays `(B, A, C)`, the same shape, from models with the same
+            anchors, classes and heads.
+
+    Returns:
+        `(B, A, C)` float32 ensembled outputs.
+
+    Raises:
+        ValueError: If there is no prediction or the shapes differ.
+    """
+    if not predictions:
+        raise ValueError("ensemble_predictions needs at least one model's predictions.")
+    tensors = [tf.convert_to_tensor(p, tf.float32) for p in predictions]
+    shapes = {tuple(t.shape.as_list()) for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"Ensembled predictions must share one shape, got {sorted(shapes)}.")
+    if len(tensors) == 1:
+        return tensors[0]
+    stacked = tf.stack(tensors)  # (M, B, A, C)
+    deltas = tf.reduce_mean(stacked[..., :4], axis=0)
+    probability = tf.reduce_mean(tf.sigmoid(stacked[..., 4:]), axis=0)
+    epsilon = ENSEMBLE_PROBABILITY_EPSILON
+    probability = tf.clip_by_value(probability, epsilon, 1.0 - epsilon)
+    logits = tf.math.log(probability) - tf.math.log1p(-probability)
+    return tf.concat([deltas, logits], axis=-1)

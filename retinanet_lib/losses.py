@@ -14,6 +14,10 @@ trained. Dividing by `max(P, 1)` keeps them; Keras then averages over the batch.
 With `LossConfig.hard_negative_ratio` set, the classification sum runs over the positive
 anchors and only the hardest background anchors of each image (online hard example mining,
 `hard_negative_mask`), the sampling heuristic the focal loss was designed to replace.
+
+For a model with an image head (`ModelConfig.image_head`), each image adds
+`LossConfig.image_loss_weight` times the binary cross-entropy of its "any opacity?" logit;
+its label is 1 when any of its anchors is positive.
 """
 
 from __future__ import annotations
@@ -119,7 +123,9 @@ class RetinaNetLoss(keras.losses.Loss):
 
     Call args:
         y_true: `(B, A, 5)` packed targets from `LabelEncoder` (deltas, class code).
-        y_pred: `(B, A, 4 + K)` model output.
+        y_pred: `(B, A, 4 + K)` model output, or `(B, A, 4 + K + 1)` from a model with an
+            image head: the last channel is then its image-level logit, trained with binary
+            cross-entropy.
 
     Returns:
         `(B,)` per-image losses (Keras averages them).
@@ -134,12 +140,15 @@ class RetinaNetLoss(keras.losses.Loss):
     def components(self, y_true: TensorLike, y_pred: TensorLike) -> dict[str, Any]:
         """Per-image classification and box losses (already normalised), and positives."""
         box_targets, class_targets = split_targets(y_true)  # (B, A, 4), (B, A)
-        box_deltas, cls_logits = split_predictions(y_pred)  # (B, A, 4), (B, A, K)
-        if cls_logits.shape[-1] is not None and cls_logits.shape[-1] != self.num_classes:
+        channels = y_pred.shape[-1]
+        image_head = channels == 5 + self.num_classes  # one channel more: the image logit
+        if channels is not None and channels not in (4 + self.num_classes, 5 + self.num_classes):
             raise ValueError(
-                f"Predictions carry {cls_logits.shape[-1]} classes, the loss "
-                f"expects {self.num_classes}."
+                f"Predictions carry {y_pred.shape[-1]} channels per anchor; the loss expects "
+                f"{4 + self.num_classes} ({self.num_classes} classes), or one more from a "
+                "model with an image head."
             )
+        box_deltas, cls_logits = split_predictions(y_pred[..., : 4 + self.num_classes])
         positive_mask = ops.cast(class_targets >= 0, "float32")  # (B, A)
         keep_mask = ops.cast(ops.not_equal(class_targets, float(IGNORE_CLASS)), "float32")
         # Background (-1) and ignore (-2) codes one-hot to all-zero rows.
@@ -159,15 +168,21 @@ class RetinaNetLoss(keras.losses.Loss):
         box = ops.sum(smooth_l1_loss(box_targets, box_deltas, self.cfg.smooth_l1_delta), axis=-1)
         box_loss = ops.sum(box * positive_mask, axis=-1)  # (B,)
         normalizer = ops.maximum(num_positives, 1.0)
-        return {
+        parts = {
             "classification": cls_loss / normalizer,
             "box": self.cfg.box_loss_weight * box_loss / normalizer,
             "num_positives": num_positives,
         }
+        if image_head:  # "any opacity?": plain BCE, label 1 if any anchor is positive
+            has_opacity = ops.cast(num_positives > 0, "float32")  # (B,)
+            bce = sigmoid_focal_loss(has_opacity, y_pred[:, 0, -1], alpha=None, gamma=0.0)
+            parts["image"] = self.cfg.image_loss_weight * bce
+        return parts
 
     def call(self, y_true, y_pred):
         parts = self.components(y_true, y_pred)
-        return parts["classification"] + parts["box"]
+        total = parts["classification"] + parts["box"]
+        return total + parts["image"] if "image" in parts else total
 
     def get_config(self) -> dict:
         config = super().get_config()

@@ -3,6 +3,11 @@
 The model maps a `(B, S, S, 3)` preprocessed image to `(B, num_anchors, 4 + num_classes)`:
 for every anchor of `generate_anchors(S, S, cfg.anchors)`, in the same order, four box deltas
 followed by one class logit per class. Use `split_predictions` rather than slicing.
+
+With `ModelConfig.image_head`, one more channel follows: the image-level "any opacity?" logit,
+the same at every anchor of an image, so the output stays one tensor that the loss, flip
+test-time augmentation and ensembling handle like the rest. `detection_channels` removes it,
+`image_logits` reads it.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ __all__ = [
     "backbone_of",
     "build_backbone",
     "build_retinanet",
+    "detection_channels",
     "freeze_stages",
+    "image_logits",
     "parameter_counts",
     "split_predictions",
 ]
@@ -207,7 +214,9 @@ def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
 
     Returns:
         `keras.Model` named "retinanet", with sub-models/layers named `backbone_*`, `fpn`,
-        `class_head` and `box_head`; output `(B, num_anchors, 4 + num_classes)`, float32.
+        `class_head` and `box_head` (and `image_logit` with `cfg.model.image_head`); output
+        `(B, num_anchors, 4 + num_classes)` float32, or `(B, num_anchors, 4 + num_classes + 1)`
+        with the image head.
 
     Raises:
         BackboneWeightsError: If requested pre-trained weights cannot be loaded.
@@ -219,7 +228,8 @@ def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
     with _dtype_policy(cfg.train.mixed_precision):  # float32 unless mixed precision
         inputs = keras.Input((size, size, 3), name="image")
         backbone = build_backbone(cfg.model, (size, size, 3))
-        pyramid = FeaturePyramid(cfg.model.fpn_channels, name="fpn")(backbone(inputs))
+        features = backbone(inputs)  # [c3, c4, c5]
+        pyramid = FeaturePyramid(cfg.model.fpn_channels, name="fpn")(features)
         class_head = PredictionHead(
             anchors_per_location * cfg.num_classes,
             cfg.model.fpn_channels,
@@ -240,7 +250,13 @@ def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
         concat = functools.partial(layers.Concatenate, dtype="float32")
         box_deltas = concat(axis=1, name="box_deltas")(boxes)  # (B, A, 4)
         cls_logits = concat(axis=1, name="cls_logits")(classes)  # (B, A, K)
-        outputs = concat(axis=-1, name="predictions")([box_deltas, cls_logits])
+        parts = [box_deltas, cls_logits]
+        if cfg.model.image_head:  # "any opacity?": C5 pooled, one logit, copied per anchor
+            pooled = layers.GlobalAveragePooling2D(name="image_pool")(features[-1])
+            image_logit = layers.Dense(1, name="image_logit")(pooled)  # (B, 1)
+            count = box_deltas.shape[1]
+            parts.append(layers.RepeatVector(count, name="image_logit_per_anchor")(image_logit))
+        outputs = concat(axis=-1, name="predictions")(parts)
         model = keras.Model(inputs, outputs, name="retinanet")
     expected = num_anchors(size, size, cfg.anchors)
     if model.output_shape[1] != expected:
@@ -252,11 +268,48 @@ def build_retinanet(cfg: RetinaNetConfig) -> keras.Model:
 
 
 def split_predictions(predictions: TensorLike) -> tuple[Any, Any]:
-    """`(..., A, 4 + K)` model output -> box deltas `(..., A, 4)` and class logits `(..., A, K)`."""
+    """`(..., A, 4 + K)` model output -> box deltas `(..., A, 4)` and class logits `(..., A, K)`.
+
+    Give it detection channels only: `detection_channels` removes an image head's channel.
+    """
     predictions = ops.convert_to_tensor(predictions)
     if predictions.shape[-1] is not None and predictions.shape[-1] < 5:
         raise ValueError(f"predictions must have shape (..., A, 4 + K), got {predictions.shape}.")
     return predictions[..., :4], predictions[..., 4:]
+
+
+def _check_channels(predictions: TensorLike, cfg: RetinaNetConfig) -> None:
+    expected = 4 + cfg.num_classes + int(cfg.model.image_head)
+    if predictions.shape[-1] is not None and predictions.shape[-1] != expected:
+        head = "with" if cfg.model.image_head else "without"
+        raise ValueError(
+            f"A model {head} an image head and {cfg.num_classes} class(es) predicts "
+            f"{expected} channels per anchor; got shape {tuple(predictions.shape)}."
+        )
+
+
+def detection_channels(predictions: TensorLike, cfg: RetinaNetConfig) -> Any:
+    """The box deltas and class logits of a model's output: `(..., A, 4 + K)`, without the
+    image head's channel (unchanged for a model without one).
+
+    Raises:
+        ValueError: If the channels do not match `cfg` (classes, image head).
+    """
+    _check_channels(predictions, cfg)
+    return predictions[..., : 4 + cfg.num_classes]
+
+
+def image_logits(predictions: TensorLike, cfg: RetinaNetConfig) -> Any | None:
+    """The image head's logit of each image, `(B,)`, or `None` for a model without one.
+
+    Args:
+        predictions: `(B, A, 4 + K + 1)` output of a model with `cfg.model.image_head`.
+        cfg: Its config.
+    """
+    _check_channels(predictions, cfg)
+    if not cfg.model.image_head:
+        return None
+    return predictions[:, 0, -1]
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -265,13 +318,16 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 
 def parameter_counts(model: keras.Model) -> dict[str, dict[str, int]]:
-    """Trainable and frozen parameter counts of the backbone, the FPN and the two heads."""
+    """Trainable and frozen parameter counts of the backbone, the FPN and the two heads (and
+    of the image head, when the model has one)."""
     parts = {
         "backbone": backbone_of(model),
         "fpn": model.get_layer("fpn"),
         "class_head": model.get_layer("class_head"),
         "box_head": model.get_layer("box_head"),
     }
+    if any(layer.name == "image_logit" for layer in model.layers):
+        parts["image_head"] = model.get_layer("image_logit")
 
     def count(weights) -> int:
         return int(sum(math.prod(w.shape) for w in weights))
