@@ -25,6 +25,9 @@ rule: the configured rates, set for `TrainConfig.base_batch_size` images per ste
 blog's setup, 8 in the CPU default), are multiplied by `batch size / base batch size`; pair it
 with a short `--warmup-epochs`. `--positive-image-fraction 0.5` trains on balanced batches:
 half of the images drawn have an opacity, whatever their share in the data (Chapter 4).
+`--image-head` adds the image-level "any opacity?" output (multi-task, Chapter 7); such a run
+saves an image-level gate with its score threshold, both chosen on the validation split, and
+predict.py applies both.
 `--mixed-precision` stops with a clear error where the hardware cannot train in that
 precision (bfloat16 needs an Ampere or newer GPU).
 
@@ -48,7 +51,12 @@ from retinanet_lib.config import (  # noqa: E402
     config_for_mode,
     run_mode_from_env,
 )
-from retinanet_lib.evaluate import choose_score_threshold, predict_split, score_at  # noqa: E402
+from retinanet_lib.evaluate import (  # noqa: E402
+    GATE_THRESHOLD_GRID,
+    choose_thresholds,
+    predict_split,
+    score_at,
+)
 from retinanet_lib.export import export_inference_model  # noqa: E402
 from retinanet_lib.rejects import TooManyBadFilesError, verify_dicoms  # noqa: E402
 from retinanet_lib.splits import load_splits  # noqa: E402
@@ -82,6 +90,11 @@ def config_from_args(cfg: RetinaNetConfig, args: argparse.Namespace) -> RetinaNe
     if args.positive_image_fraction is not None:
         data = dataclasses.replace(cfg.data, positive_image_fraction=args.positive_image_fraction)
         cfg = dataclasses.replace(cfg, data=data)
+    if args.image_head:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, image_head=True))
+    if args.image_loss_weight is not None:
+        loss = dataclasses.replace(cfg.loss, image_loss_weight=args.image_loss_weight)
+        cfg = dataclasses.replace(cfg, loss=loss)
     return cfg
 
 
@@ -122,6 +135,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="F",
         help="balanced batches: draw images with an opacity with probability F (0.5: half)",
     )
+    parser.add_argument(
+        "--image-head",
+        action="store_true",
+        help='add the image-level "any opacity?" output (multi-task) and gate by it',
+    )
+    parser.add_argument(
+        "--image-loss-weight",
+        type=float,
+        default=None,
+        help="weight of the image head's cross-entropy (default LossConfig's 1.0)",
+    )
     args = parser.parse_args(argv)
     mode = run_mode_from_env()
     try:
@@ -146,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     fraction = cfg.data.positive_image_fraction
     if fraction is not None:
         print(f"balanced batches: {fraction:.0%} of the training images drawn have an opacity")
+    if cfg.model.image_head:
+        print(f"image-level head, loss weight {cfg.loss.image_loss_weight:g}")
     finished = read_run(args.workdir)
     done = finished is not None and finished["epochs"] >= cfg.train.epochs
     if not args.skip_verify and (args.overwrite or not done):
@@ -181,21 +207,23 @@ def main(argv: list[str] | None = None) -> int:
         if len(result.rejects):
             print(f"skipped {len(result.rejects)} unreadable files (listed in rejects.csv)")
         validation = predict_split(result.model, splits.validation, cfg)
-        threshold, table = choose_score_threshold(
-            validation.predictions, validation.gt_boxes_xyxy, cfg
+        gates = GATE_THRESHOLD_GRID if cfg.model.image_head else (None,)
+        threshold, gate, table = choose_thresholds(
+            validation.predictions, validation.gt_boxes_xyxy, cfg, gate_thresholds=gates
         )
         chosen_on = (
             f"best RSNA metric on the validation split ({len(validation)} {splits.data_name} "
-            "images), grid 0.01..0.90"
+            "images), grid 0.01..0.90" + (", gate 0.05..0.95 or none" if gate else "")
         )
-        save_score_threshold(args.workdir, threshold, chosen_on, table)
-        best = table.loc[threshold]
+        save_score_threshold(args.workdir, threshold, chosen_on, table, gate)
+        best = table["rsna_metric"].max()
+        gated = f", image-level gate {gate:.2f}" if gate is not None else ""
         print(
-            f"score threshold {threshold:.2f} saved (validation RSNA metric "
-            f"{best['rsna_metric']:.3f}, {splits.data_name} data)"
+            f"score threshold {threshold:.2f}{gated} saved (validation RSNA metric "
+            f"{best:.3f}, {splits.data_name} data)"
         )
         images = score_at(
-            validation.predictions, validation.gt_boxes_xyxy, cfg, threshold
+            validation.predictions, validation.gt_boxes_xyxy, cfg, threshold, gate
         ).image_level
         print(
             f"validation, per image (has it an opacity?): recall {images.recall:.3f}, "

@@ -50,6 +50,8 @@ class ImagePrediction:
         scores: `(n,)` confidences, descending.
         heatmap: `(S, S)` float32 map of mean box scores (no NMS), or `None`.
         input_to_original_scale: Factor from model-input to original pixels (x, y).
+        image_probability: The image-level probability gating compares with its gate (the
+            image head's, or the top anchor score: `inference.image_probabilities`).
     """
 
     patient_id: str
@@ -59,6 +61,7 @@ class ImagePrediction:
     scores: np.ndarray
     heatmap: np.ndarray | None
     input_to_original_scale: tuple[float, float]
+    image_probability: float | None = None
 
     @property
     def boxes_xyxy_input(self) -> np.ndarray:
@@ -68,7 +71,7 @@ class ImagePrediction:
 
 
 def iter_predictions(
-    model: keras.Model,
+    model: keras.Model | Sequence[keras.Model],
     cfg: RetinaNetConfig,
     paths: Sequence[str | Path],
     decode_cfg: DecodeConfig | None = None,
@@ -79,8 +82,9 @@ def iter_predictions(
     """Detections (after NMS) and heatmaps (before NMS) for DICOM files, one at a time.
 
     Args:
-        model: A trained RetinaNet for `cfg`.
-        cfg: Its config.
+        model: A trained RetinaNet for `cfg`, or a list of them, whose outputs are averaged
+            anchor by anchor (an ensemble, `inference.ensemble_predictions`).
+        cfg: Its config (the ensemble's shared one); `cfg.decode.gate_threshold` gates.
         paths: DICOM files.
         decode_cfg: Score threshold / NMS settings (default `cfg.decode`).
         batch_size: Images per forward pass.
@@ -122,11 +126,12 @@ def iter_predictions(
                 scores=outputs["scores"][row, :count],
                 heatmap=heatmap,
                 input_to_original_scale=(scale_x, scale_y),
+                image_probability=float(outputs["image_probability"][row]),
             )
 
 
 def predict_dicoms(
-    model: keras.Model,
+    model: keras.Model | Sequence[keras.Model],
     cfg: RetinaNetConfig,
     paths: Sequence[str | Path],
     decode_cfg: DecodeConfig | None = None,

@@ -470,20 +470,30 @@ def train_retinanet(
 
 
 def save_score_threshold(
-    workdir: str | Path, score_threshold: float, chosen_on: str, table: pd.DataFrame | None = None
+    workdir: str | Path,
+    score_threshold: float,
+    chosen_on: str,
+    table: pd.DataFrame | None = None,
+    gate_threshold: float | None = None,
 ) -> Path:
-    """Writes the run's score threshold; `load_trained_model` and prediction then use it.
+    """Writes the run's score threshold (and image-level gate); `load_trained_model` and
+    prediction then use them.
 
     Args:
         workdir: The run folder.
         score_threshold: The threshold.
         chosen_on: What data and rule chose it, in words (kept with it).
         table: Optional per-threshold scores behind the choice.
+        gate_threshold: The image-level gate (`DecodeConfig.gate_threshold`), or `None`.
 
     Returns:
         The file written.
     """
-    values = {"score_threshold": float(score_threshold), "chosen_on": chosen_on}
+    values = {
+        "score_threshold": float(score_threshold),
+        "gate_threshold": None if gate_threshold is None else float(gate_threshold),
+        "chosen_on": chosen_on,
+    }
     if table is not None:
         values["table"] = json.loads(table.reset_index().to_json(orient="records"))
     path = Path(workdir) / THRESHOLD_FILE
@@ -496,7 +506,7 @@ def load_trained_model(workdir: str | Path) -> tuple[keras.Model, RetinaNetConfi
 
     The backbone is built without downloading pre-trained weights (the checkpoint has them).
     When the run has a saved score threshold (`save_score_threshold`), the returned config's
-    `decode.score_threshold` is that threshold.
+    `decode.score_threshold` is that threshold, and `decode.gate_threshold` its gate.
 
     Raises:
         FileNotFoundError: If `config.json` or the weights are missing, naming the folder.
@@ -513,8 +523,9 @@ def load_trained_model(workdir: str | Path) -> tuple[keras.Model, RetinaNetConfi
     values["model"]["backbone_weights"] = None
     threshold_path = workdir / THRESHOLD_FILE
     if threshold_path.is_file():
-        threshold = json.loads(threshold_path.read_text())["score_threshold"]
-        values["decode"]["score_threshold"] = float(threshold)
+        chosen = json.loads(threshold_path.read_text())
+        values["decode"]["score_threshold"] = float(chosen["score_threshold"])
+        values["decode"]["gate_threshold"] = chosen.get("gate_threshold")
     cfg = RetinaNetConfig.from_dict(values)
     model = build_retinanet(cfg)
     model.load_weights(weights_path)

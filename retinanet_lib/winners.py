@@ -25,9 +25,20 @@ from retinanet_lib.evaluate import (
     score_at,
 )
 from retinanet_lib.inference import ensemble_predictions, image_probabilities
-from retinanet_lib.metrics import bootstrap_interval
+from retinanet_lib.metrics import (
+    PairedDifference,
+    bootstrap_interval,
+    paired_bootstrap_difference,
+)
 
-__all__ = ["ModelOutputs", "VariantScores", "score_variant", "variant_predictions"]
+__all__ = [
+    "ModelOutputs",
+    "VariantScores",
+    "score_variant",
+    "variant_difference",
+    "variant_predictions",
+    "variant_table",
+]
 
 
 @dataclass(frozen=True)
@@ -146,3 +157,77 @@ def score_variant(
         }
     )
     return VariantScores(row, per_image)
+
+
+def _grid(per_image: pd.DataFrame, arm: str, variant: str) -> pd.DataFrame:
+    rows = per_image[(per_image["arm"] == arm) & (per_image["variant"] == variant)]
+    if rows.empty:
+        raise ValueError(f"No per-image rows for {arm!r}, {variant!r}.")
+    return rows.pivot(index="seeds", columns="image", values="rsna_score").sort_index()
+
+
+def variant_difference(
+    per_image: pd.DataFrame,
+    a: tuple[str, str],
+    b: tuple[str, str],
+    num_resamples: int = 2000,
+) -> PairedDifference:
+    """`b - a` on the same test images, with a 95 % paired bootstrap interval over seeds and
+    images (`metrics.paired_bootstrap_difference`).
+
+    Single-model variants pair seed by seed. An ensemble (one row, its `seeds` like "0+1+2")
+    against single models is paired with each of them: its row is repeated once per seed, so
+    the interval still carries the spread between the single models' seeds.
+
+    Args:
+        per_image: `winners_test_per_image.csv`: `arm`, `variant`, `seeds`, `image`,
+            `rsna_score`.
+        a: `(arm, variant)` of the reference.
+        b: `(arm, variant)` compared with it.
+        num_resamples: Bootstrap resamples.
+
+    Raises:
+        ValueError: If the two were scored on different images, or both have several seeds
+            that differ.
+    """
+    grid_a, grid_b = _grid(per_image, *a), _grid(per_image, *b)
+    if set(grid_a.columns) != set(grid_b.columns):
+        raise ValueError(f"{a} and {b} were not scored on the same images.")
+    grid_b = grid_b[grid_a.columns]
+    if len(grid_a) == 1 and len(grid_b) > 1:
+        grid_a = pd.concat([grid_a] * len(grid_b))
+    elif len(grid_b) == 1 and len(grid_a) > 1:
+        grid_b = pd.concat([grid_b] * len(grid_a))
+    elif list(grid_a.index) != list(grid_b.index):
+        raise ValueError(
+            f"{a} and {b} have different seeds: {list(grid_a.index)}, {list(grid_b.index)}."
+        )
+    return paired_bootstrap_difference(
+        grid_a.to_numpy(), grid_b.to_numpy(), num_resamples=num_resamples
+    )
+
+
+def variant_table(
+    per_image: pd.DataFrame,
+    pairs: Sequence[tuple[tuple[str, str], tuple[str, str]]],
+    num_resamples: int = 2000,
+) -> pd.DataFrame:
+    """`variant_difference` for several pairs, one row each, ready to print.
+
+    Returns:
+        Indexed by `"b vs a"` (each `"arm: variant"`): `difference`, `95% low`, `95% high`,
+        `seeds`, `images` and `verdict` ("better" / "worse" only when the interval
+        excludes 0).
+    """
+    rows = {}
+    for a, b in pairs:
+        result = variant_difference(per_image, a, b, num_resamples)
+        rows[f"{b[0]}: {b[1]} vs {a[0]}: {a[1]}"] = {
+            "difference": round(result.difference, 3),
+            "95% low": round(result.low, 3),
+            "95% high": round(result.high, 3),
+            "seeds": result.num_seeds,
+            "images": result.num_images,
+            "verdict": result.verdict(),
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")

@@ -197,3 +197,72 @@ def test_file_progress_prints_every_n_files_and_the_last(capsys):
     progress.update(1)
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["2 of 5 files done", "4 of 5 files done", "5 of 5 files done"]
+
+
+@pytest.fixture(scope="module")
+def more_runs(trained):
+    """A second run of the same configuration (seed 1) and a run with an image head."""
+    base, data, _, _ = trained
+    common = ["--epochs", "1", "--batch-size", "4", "--data-root", str(data)]
+    common += ["--max-bad-fraction", "0.1", "--skip-verify"]
+    assert train_cli.main([str(base / "run-seed1"), "--seed", "1", *common]) == 0
+    assert train_cli.main([str(base / "run-head"), "--image-head", *common]) == 0
+    return base / "run-seed1", base / "run-head"
+
+
+def test_predict_cli_ensembles_several_runs_into_one_submission(trained, more_runs, capsys):
+    base, data, _, garbage = trained
+    second, _ = more_runs
+    test_dir = data / "stage_2_test_images"
+    out = base / "out-ensemble"
+    arguments = [str(base / "run"), str(second), str(test_dir), str(out), "--no-heatmaps"]
+    assert predict_cli.main([*arguments, "--score-threshold", "0.0"]) == 0
+    assert "ensemble of 2 runs" in capsys.readouterr().out
+    submission = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert len(submission) == 4  # one row per input file, the unreadable one empty
+    # The CLI's boxes are the library's ensemble of the two models, not either model's.
+    models = [load_trained_model(path)[0] for path in (base / "run", second)]
+    _, cfg = load_trained_model(base / "run")
+    loose = dataclasses.replace(cfg.decode, score_threshold=0.0)
+    paths = [p for p in sorted(test_dir.glob("*.dcm")) if p != garbage]
+    expected = predict_dicoms(models, cfg, paths, loose, heatmap_reduce=None)
+    single = predict_dicoms(models[0], cfg, paths, loose, heatmap_reduce=None)
+    detections = pd.read_csv(out / "detections.csv")
+    for prediction, alone in zip(expected, single, strict=True):
+        rows = detections[detections["patientId"] == prediction.patient_id]
+        np.testing.assert_allclose(rows["confidence"], prediction.scores, atol=1e-4)
+        assert not np.allclose(alone.scores, prediction.scores, atol=1e-4)
+    # Without --score-threshold: the median of the runs' own thresholds.
+    assert predict_cli.main(arguments[:3] + [str(base / "out-ensemble-2"), "--no-heatmaps"]) == 0
+    assert "median of the 2 runs' own" in capsys.readouterr().out
+
+
+def test_predict_cli_refuses_to_ensemble_different_models_and_gates_a_head_run(
+    trained, more_runs, capsys
+):
+    import json
+
+    base, data, _, _ = trained
+    _, head = more_runs
+    test_dir = data / "stage_2_test_images"
+    mixed = [str(base / "run"), str(head), str(test_dir), str(base / "out-mixed")]
+    assert predict_cli.main(mixed) == 1
+    assert "another configuration" in capsys.readouterr().err
+    saved = json.loads((head / "score_threshold.json").read_text())
+    assert "gate_threshold" in saved
+    _, cfg = load_trained_model(head)
+    assert cfg.model.image_head and cfg.decode.gate_threshold == saved["gate_threshold"]
+    model, _ = load_trained_model(head)
+    paths = sorted(test_dir.glob("*.dcm"))[1:]  # the readable ones
+    loose = dataclasses.replace(cfg.decode, score_threshold=0.0, gate_threshold=None)
+    open_ = predict_dicoms(model, cfg, paths, loose, heatmap_reduce=None)
+    probabilities = sorted(p.image_probability for p in open_)
+    assert len(set(probabilities)) == 3  # the head tells the images apart
+    threshold = (probabilities[0] + probabilities[1]) / 2  # gates exactly one image
+    out = base / "out-head"
+    gate = ["--score-threshold", "0.0", "--gate-threshold", f"{threshold:.6f}", "--no-heatmaps"]
+    assert predict_cli.main([str(head), str(test_dir), str(out), *gate]) == 0
+    assert f"image-level gate {threshold:.2f}" in capsys.readouterr().out
+    detections = pd.read_csv(out / "detections.csv")
+    kept = sorted(p.patient_id for p in open_ if p.image_probability >= threshold)
+    assert sorted(set(detections["patientId"])) == kept and len(kept) == 2
