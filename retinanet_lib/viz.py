@@ -19,6 +19,8 @@ from retinanet_lib.anchors import anchor_shapes_per_level, feature_map_sizes
 from retinanet_lib.config import AnchorConfig
 
 __all__ = [
+    "plot_image_probabilities",
+    "plot_variant_scores",
     "draw_architecture",
     "HeatmapWriter",
     "RCNN_STAGES",
@@ -379,6 +381,70 @@ def plot_arm_curves(
         num_epochs = max(num_epochs, int(curves.index.max()))
     ax.set_yscale("log")
     _integer_epochs(ax, num_epochs)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_variant_scores(
+    ax: Axes, variants: Any, arms: list[str], order: list[str], metric: str = "test_rsna_metric"
+) -> Axes:
+    """One row per variant (single model, gated, ensemble, ...): each arm's single-model
+    seeds as small dots and their mean as a tick, an ensemble's one value as a diamond.
+
+    Args:
+        ax: Target axes.
+        variants: The winners study's `winners_variants.csv` (`arm`, `variant`, `seeds`,
+            `metric`).
+        arms: Arms to draw, in legend order (one colour each, offset vertically).
+        order: Variants, top to bottom.
+        metric: The column drawn on the x-axis.
+
+    Returns:
+        `ax`.
+    """
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    offsets = np.linspace(-0.25, 0.25, len(arms)) if len(arms) > 1 else np.zeros(1)
+    for number, arm in enumerate(arms):
+        color = cycle[number % len(cycle)]
+        for row, variant in enumerate(order):
+            values = variants.loc[
+                (variants["arm"] == arm) & (variants["variant"] == variant), metric
+            ].to_numpy(float)
+            if not len(values):
+                continue
+            y = row + offsets[number]
+            label = arm if row == 0 else None
+            if len(values) == 1:  # an ensemble: one model made of the seeds
+                ax.plot(values, [y], "D", color=color, markersize=6, label=label)
+            else:
+                ax.plot(values, np.full(len(values), y), "o", color=color, alpha=0.5, ms=4)
+                ax.plot([values.mean()], [y], "|", color=color, ms=14, mew=2.5, label=label)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    return ax
+
+
+def plot_image_probabilities(
+    ax: Axes, probabilities: TensorLike, has_opacity: TensorLike, gate: float | None = None
+) -> Axes:
+    """Histograms of images' "any opacity" probabilities, with and without an opacity, on a
+    shared set of bins, and the gate (images left of it keep no box) as a dashed line."""
+    probabilities = np.asarray(probabilities, np.float64)
+    has_opacity = np.asarray(has_opacity, bool)
+    bins = np.linspace(0.0, 1.0, 21)
+    for mask, label, color in (
+        (~has_opacity, "no opacity", "tab:blue"),
+        (has_opacity, "opacity", "tab:red"),
+    ):
+        ax.hist(
+            probabilities[mask], bins=bins, alpha=0.6, color=color, label=f"{label} ({mask.sum()})"
+        )
+    if gate is not None:
+        ax.axvline(gate, color="black", linestyle="--", linewidth=1.2, label=f"gate {gate:.2f}")
+    ax.set_xlabel("image-level probability")
+    ax.set_ylabel("images")
     ax.legend(fontsize=8)
     return ax
 

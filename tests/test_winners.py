@@ -310,3 +310,35 @@ def test_variant_difference_pairs_seeds_and_repeats_an_ensemble_per_seed():
     assert printed["difference"].item() == round(tiled.difference, 3)
     with pytest.raises(ValueError, match="No per-image rows"):
         variant_difference(table, ("A", "single model"), ("C", "single model"))
+
+
+def test_variant_plot_draws_each_seed_the_mean_and_an_ensemble_diamond():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from retinanet_lib.viz import plot_image_probabilities, plot_variant_scores
+
+    variants = pd.DataFrame(
+        {
+            "arm": ["A"] * 4,
+            "variant": ["single model"] * 3 + ["ensemble of 3"],
+            "seeds": ["0", "1", "2", "0+1+2"],
+            "test_rsna_metric": [0.5, 0.6, 0.7, 0.75],
+        }
+    )
+    fig, ax = plt.subplots()
+    plot_variant_scores(ax, variants, ["A"], ["single model", "ensemble of 3"])
+    lines = {line.get_marker(): line for line in ax.get_lines()}
+    np.testing.assert_allclose(lines["o"].get_xdata(), [0.5, 0.6, 0.7])
+    np.testing.assert_allclose(lines["|"].get_xdata(), [0.6])
+    np.testing.assert_allclose(lines["D"].get_xdata(), [0.75])
+    assert lines["D"].get_ydata()[0] == 1  # second row
+    fig2, ax2 = plt.subplots()
+    plot_image_probabilities(ax2, [0.1, 0.2, 0.9, 0.8, 0.95], [0, 0, 1, 1, 1], gate=0.5)
+    heights = [patch.get_height() for patch in ax2.patches]
+    assert sum(heights) == 5  # every image in one bar of its histogram
+    assert any("gate 0.50" in text.get_text() for text in ax2.get_legend().get_texts())
+    plt.close(fig)
+    plt.close(fig2)
