@@ -87,6 +87,34 @@ def box_coverage(boxes_xyxy: TensorLike, image_shape: tuple[int, int]) -> np.nda
     return _accumulate(extents, np.ones((len(boxes), 1)), height, width)[0]
 
 
+def _boxes_and_values(
+    boxes_xyxy: TensorLike, values: TensorLike, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(N, 4)` and `(N,)` float64 arrays, checked to have one value per box."""
+    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
+    values = np.asarray(values, np.float64).reshape(-1)
+    if len(values) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(values)} {name}.")
+    return boxes, values
+
+
+def _ratio_of_sums(
+    boxes: np.ndarray,
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    image_shape: tuple[int, int],
+    floor: float,
+) -> np.ndarray:
+    """Per pixel, the sum of `numerator` over the covering boxes divided by the sum of
+    `denominator`; 0 where the denominator's sum is at most `floor` (round-off of the prefix
+    sums can leave tiny non-zero sums on uncovered pixels)."""
+    height, width = image_shape
+    extents = _pixel_extents(boxes, height, width)
+    channels = np.stack([numerator, denominator], axis=1)
+    top, bottom = _accumulate(extents, channels, height, width)
+    return np.divide(top, bottom, out=np.zeros_like(top), where=bottom > floor)
+
+
 def covering_mean(
     boxes_xyxy: TensorLike, values: TensorLike, image_shape: tuple[int, int]
 ) -> np.ndarray:
@@ -103,16 +131,8 @@ def covering_mean(
     Returns:
         `(height, width)` float64 means.
     """
-    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
-    values = np.asarray(values, np.float64).reshape(-1)
-    if len(values) != len(boxes):
-        raise ValueError(f"{len(boxes)} boxes but {len(values)} values.")
-    height, width = image_shape
-    extents = _pixel_extents(boxes, height, width)
-    channels = np.stack([values, np.ones_like(values)], axis=1)
-    numerator, count = _accumulate(extents, channels, height, width)
-    # Round-off of the prefix sums can leave tiny non-zero counts on uncovered pixels.
-    return np.divide(numerator, count, out=np.zeros_like(numerator), where=count > 0.5)
+    boxes, values = _boxes_and_values(boxes_xyxy, values, "values")
+    return _ratio_of_sums(boxes, values, np.ones_like(values), image_shape, floor=0.5)
 
 
 def score_heatmap(
@@ -135,21 +155,11 @@ def score_heatmap(
     """
     if reduce not in HEATMAP_REDUCTIONS:
         raise ValueError(f"reduce must be one of {HEATMAP_REDUCTIONS}, got {reduce!r}.")
-    boxes = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, np.float64).reshape(-1)
-    if len(scores) != len(boxes):
-        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores.")
-    height, width = image_shape
-    extents = _pixel_extents(boxes, height, width)
-    if reduce == "mean":  # sum of scores / number of boxes
-        channels = np.stack([scores, np.ones_like(scores)], axis=1)
+    boxes, scores = _boxes_and_values(boxes_xyxy, scores, "scores")
+    if reduce == "mean":  # the blog's: covering_mean, clipped to [0, 1]
+        heatmap = covering_mean(boxes, scores, image_shape)
     else:  # sum of score^2 / sum of scores
-        channels = np.stack([scores**2, scores], axis=1)
-    sums = _accumulate(extents, channels, height, width)
-    numerator, denominator = sums
-    # Round-off of the prefix sums can leave tiny non-zero values on uncovered pixels.
-    covered = denominator > 0.5 if reduce == "mean" else denominator > 1e-12
-    heatmap = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=covered)
+        heatmap = _ratio_of_sums(boxes, scores**2, scores, image_shape, floor=1e-12)
     return np.clip(heatmap, 0.0, 1.0).astype(np.float32)
 
 
