@@ -440,6 +440,18 @@ class PairedDifference:
             return worse
         return f"no difference found with {self.num_seeds} seeds"
 
+    def row(self, digits: int = 3) -> dict:
+        """The difference, its interval, the seeds and images paired and the verdict, as one
+        table row (rounded to `digits`)."""
+        return {
+            "difference": round(self.difference, digits),
+            "95% low": round(self.low, digits),
+            "95% high": round(self.high, digits),
+            "seeds": self.num_seeds,
+            "images": self.num_images,
+            "verdict": self.verdict(),
+        }
+
     def __str__(self) -> str:
         percent = round(100 * self.confidence)
         return f"{self.difference:+.3f} ({percent} % CI {self.low:+.3f} to {self.high:+.3f})"

@@ -502,12 +502,5 @@ def paired_table(
     rows = {}
     for arm_a, arm_b in pairs:
         result = paired_difference(per_image, arm_a, arm_b, column, num_resamples)
-        rows[f"{arm_b} - {arm_a}"] = {
-            "difference": round(result.difference, 3),
-            "95% low": round(result.low, 3),
-            "95% high": round(result.high, 3),
-            "seeds": result.num_seeds,
-            "images": result.num_images,
-            "verdict": result.verdict(),
-        }
+        rows[f"{arm_b} - {arm_a}"] = result.row()
     return pd.DataFrame.from_dict(rows, orient="index")

@@ -222,12 +222,5 @@ def variant_table(
     rows = {}
     for a, b in pairs:
         result = variant_difference(per_image, a, b, num_resamples)
-        rows[f"{b[0]}: {b[1]} vs {a[0]}: {a[1]}"] = {
-            "difference": round(result.difference, 3),
-            "95% low": round(result.low, 3),
-            "95% high": round(result.high, 3),
-            "seeds": result.num_seeds,
-            "images": result.num_images,
-            "verdict": result.verdict(),
-        }
+        rows[f"{b[0]}: {b[1]} vs {a[0]}: {a[1]}"] = result.row()
     return pd.DataFrame.from_dict(rows, orient="index")
