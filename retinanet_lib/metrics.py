@@ -438,7 +438,8 @@ class PairedDifference:
             return better
         if self.high < 0:
             return worse
-        return f"no difference found with {self.num_seeds} seeds"
+        seeds = "seed" if self.num_seeds == 1 else "seeds"
+        return f"no difference found with {self.num_seeds} {seeds}"
 
     def row(self, digits: int = 3) -> dict:
         """The difference, its interval, the seeds and images paired and the verdict, as one

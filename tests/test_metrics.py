@@ -334,6 +334,8 @@ def test_paired_bootstrap_difference_hand_values_and_verdicts():
     assert mixed.difference == pytest.approx(0.0, abs=1e-12)
     assert mixed.low == pytest.approx(-0.3) and mixed.high == pytest.approx(0.3)
     assert mixed.verdict() == "no difference found with 2 seeds"
+    one = paired_bootstrap_difference(a[:1], a[:1])  # one seed: no difference at all
+    assert one.verdict() == "no difference found with 1 seed"
     # Pairing matters: a noisy but constant per-image gain is found, although the two arms'
     # own intervals overlap.
     rng = np.random.default_rng(0)
