@@ -68,9 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         setting = replace_section(cfg, "decode", flip_tta=flip)
         detector = build_detector(models[:members] if members > 1 else models[0], setting)
         images_per_second(detector, images[: args.batch_size], args.batch_size)  # trace
-        speeds = [
-            images_per_second(detector, images, args.batch_size) for _ in range(args.repeats)
-        ]
+        speeds = [images_per_second(detector, images, args.batch_size) for _ in range(args.repeats)]
         median = statistics.median(speeds)
         baseline = baseline or median
         print(

@@ -9,6 +9,7 @@
     python data_scripts/run_studies.py final           # test-split numbers, before and after
     python data_scripts/run_studies.py batch           # batch 1 against batch 8, scaled rate
     python data_scripts/run_studies.py winners         # Chapter 7: image head, gating, ensembles
+    python data_scripts/run_studies.py confirmation    # Chapter 7's verdict on untouched images
     python data_scripts/run_studies.py resolution augmentation final   # several, one process
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
@@ -64,6 +65,11 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   on the validation split and the test split scored once at them
   (`retinanet_lib.winners.score_variant`): `winners_variants.csv` and, per test image,
   `winners_test_per_image.csv`. `winners.csv` holds the training runs as every study does.
+* *confirmation*: the winners study's CPU default and image head again (the same training
+  runs: training repeats exactly), scored the same way but on the confirmation test set
+  (`splits.CONFIRMATION_TEST`: 600 synthetic images from a test seed of their own), which no
+  choice or comparison has seen: `confirmation_variants.csv`,
+  `confirmation_test_per_image.csv`.
 
 `LEGACY_STUDIES` lists the CSVs still written by older code (without these columns or with
 uncommitted changes); the book says so where it uses them.
@@ -101,7 +107,12 @@ from retinanet_lib.evaluate import (  # noqa: E402
 from retinanet_lib.metrics import bootstrap_interval  # noqa: E402
 from retinanet_lib.pipeline import positive_image_mask  # noqa: E402
 from retinanet_lib.pretrain import transfer_configs  # noqa: E402
-from retinanet_lib.splits import DataSplits, load_splits, load_upper_zone_test  # noqa: E402
+from retinanet_lib.splits import (  # noqa: E402
+    DataSplits,
+    load_confirmation_test,
+    load_splits,
+    load_upper_zone_test,
+)
 from retinanet_lib.studies import (  # noqa: E402
     ArmResult,
     anchor_coverage,
@@ -280,6 +291,10 @@ WINNER_VARIANTS = (
     ("ensemble of 3, flip TTA, gated", True, True, True),
 )
 
+CONFIRMATION_ARMS: dict[str, Arm] = {
+    name: WINNER_ARMS[name] for name in ("CPU default", "image head")
+}
+
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),
     "loss": (LOSS_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
@@ -290,7 +305,10 @@ STUDIES = {  # arms, seeds, base configuration
     "imbalance": (IMBALANCE_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "transfer": (TRANSFER_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
     "winners": (WINNER_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
+    "confirmation": (CONFIRMATION_ARMS, (0, 1, 2), lambda: config_for_mode("cpu")),
 }
+#: Studies that score variants of each arm's models (`run_winners`), and their test images.
+VARIANT_STUDIES = {"winners": None, "confirmation": load_confirmation_test}
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
 LEGACY_STUDIES = ("recipe", "batch")
@@ -554,17 +572,17 @@ def run_study(
     return csv_path
 
 
-def _model_outputs(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits):
-    """A trained model's outputs on the validation and test splits, plain and flip-averaged,
-    and the two splits' ground truth."""
+def _model_outputs(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits, test_records):
+    """A trained model's outputs on the validation split and a test set, plain and
+    flip-averaged, and their ground truth."""
     flipped_cfg = replace_section(cfg, "decode", flip_tta=True)
     validation = predict_split(result.model, splits.validation, cfg)
-    test = predict_split(result.model, splits.test, cfg)
+    test = predict_split(result.model, test_records, cfg)
     outputs = ModelOutputs(
         validation=validation.predictions,
         test=test.predictions,
         validation_flipped=predict_split(result.model, splits.validation, flipped_cfg).predictions,
-        test_flipped=predict_split(result.model, splits.test, flipped_cfg).predictions,
+        test_flipped=predict_split(result.model, test_records, flipped_cfg).predictions,
     )
     return outputs, validation, test
 
@@ -574,18 +592,22 @@ def run_winners(
     only: list[str] | None,
     runs: dict[tuple[str, int], ArmResult],
     commit: str,
+    study: str = "winners",
 ) -> Path:
-    """The winners study: trains each arm with every seed (reusing a run trained earlier in
-    this process), writes the runs as any study does, then scores every variant of
-    `WINNER_VARIANTS` of the arm. An arm is resumed as a whole (its ensembles need all of
-    its models in memory): an arm whose variants are all in the CSV is skipped."""
-    arms, _, make_base = STUDIES["winners"]
+    """The winners (or confirmation) study: trains each arm with every seed (reusing a run
+    trained earlier in this process), writes the runs as any study does, then scores every
+    variant of `WINNER_VARIANTS` of the arm on the study's test set (the test split, or for
+    the confirmation study the confirmation set). An arm is resumed as a whole (its ensembles
+    need all of its models in memory): an arm whose variants are all in the CSV is skipped."""
+    arms, _, make_base = STUDIES[study]
     base = make_base()
     splits = load_splits("cpu", base)
-    if splits.test is None:
-        raise ValueError("The winners study needs a labelled test split.")
-    csv_path = RESULTS / "winners.csv"
-    variants_path = RESULTS / "winners_variants.csv"
+    load_test = VARIANT_STUDIES[study]
+    test_records = splits.test if load_test is None else load_test()
+    if test_records is None:
+        raise ValueError(f"The {study} study needs a labelled test split.")
+    csv_path = RESULTS / f"{study}.csv"
+    variants_path = RESULTS / f"{study}_variants.csv"
     done_variants = set()
     if variants_path.is_file():
         table = pd.read_csv(variants_path, dtype={"seeds": str})
@@ -610,19 +632,19 @@ def run_winners(
                 runs[key] = run_arm(name, cfg, splits, seed)
             result = runs[key]
             seeded = with_seed(cfg, seed)
-            outputs, validation, test = _model_outputs(result, seeded, splits)
+            outputs, validation, test = _model_outputs(result, seeded, splits, test_records)
             members.append(outputs)
             truth = {"validation": validation.gt_boxes_xyxy, "test": test.gt_boxes_xyxy}
-            test_names = _names(splits.test, test.indices)
+            test_names = _names(test_records, test.indices)
             if (name, seed) not in done:
                 append_row(csv_path, {**result.row, "arm": name, "commit": commit})
                 names = _names(splits.validation, result.validation.indices)
                 table = _per_image(names, result.per_image)
                 table.insert(0, "seed", seed)
                 table.insert(0, "arm", name)
-                append_rows(RESULTS / "winners_per_image.csv", table)
+                append_rows(RESULTS / f"{study}_per_image.csv", table)
             how = "reused" if reused else "trained"
-            print(f"winners | {name} | seed {seed} ({how}, {time.perf_counter() - start:.0f} s)")
+            print(f"{study} | {name} | seed {seed} ({how}, {time.perf_counter() - start:.0f} s)")
         for variant, ensemble, flip, gate in WINNER_VARIANTS:
             groups = (
                 [(ensemble_seeds, members)]
@@ -643,8 +665,8 @@ def run_winners(
                 per_image.insert(0, "seeds", label)
                 per_image.insert(0, "variant", variant)
                 per_image.insert(0, "arm", name)
-                append_rows(RESULTS / "winners_test_per_image.csv", per_image)
-                print(f"winners | {name} | {variant} | seeds {label}: {row}", flush=True)
+                append_rows(RESULTS / f"{study}_test_per_image.csv", per_image)
+                print(f"{study} | {name} | {variant} | seeds {label}: {row}", flush=True)
     return variants_path
 
 
@@ -694,8 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     commit = _commit()
     for study in args.studies:
         seeds = tuple(args.seeds) if args.seeds else STUDIES[study][1]
-        if study == "winners":
-            path = run_winners(seeds, args.arms, runs, commit)
+        if study in VARIANT_STUDIES:
+            path = run_winners(seeds, args.arms, runs, commit, study)
         else:
             path = run_study(study, seeds, args.arms, runs, commit)
         print(f"results in {path}")

@@ -65,6 +65,20 @@ def test_winners_study_end_to_end_writes_runs_variants_and_per_image_scores(
     # Resuming finds everything done and trains nothing.
     run_studies.run_winners((0, 1), ["CPU default", "image head"], {}, "abc1234")
     assert len(pd.read_csv(tmp_path / "winners_variants.csv")) == len(variants)
+    # The confirmation study retrains the same runs (the same rows) and scores another set.
+    other_test = load_splits("cpu", TINY, tiny_data).test
+    other_test = dataclasses.replace(
+        other_test, paths=other_test.paths[:5], boxes_xywh=other_test.boxes_xywh[:5]
+    )
+    monkeypatch.setitem(run_studies.VARIANT_STUDIES, "confirmation", lambda: other_test)
+    arms, seeds, _ = run_studies.STUDIES["confirmation"]
+    monkeypatch.setitem(run_studies.STUDIES, "confirmation", (arms, seeds, lambda: TINY))
+    run_studies.run_winners((0, 1), None, {}, "abc1234", "confirmation")
+    again = pd.read_csv(tmp_path / "confirmation.csv")
+    columns = ["arm", "seed", "rsna_metric", "ap50", "best_epoch", "config_id"]
+    pd.testing.assert_frame_equal(again[columns], runs[columns])
+    confirmed = pd.read_csv(tmp_path / "confirmation_variants.csv")
+    assert (confirmed["test_images"] == 5).all() and len(confirmed) == len(variants)
 
 
 HEAD = replace_section(TINY, "model", image_head=True)
