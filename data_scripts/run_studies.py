@@ -65,8 +65,8 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   on the validation split and the test split scored once at them
   (`retinanet_lib.winners.score_variant`): `winners_variants.csv` and, per test image,
   `winners_test_per_image.csv`. `winners.csv` holds the training runs as every study does.
-* *confirmation*: the winners study's CPU default and image head again (the same training
-  runs: training repeats exactly), scored the same way but on the confirmation test set
+* *confirmation*: the winners study's three arms again (the same training runs: training
+  repeats exactly), scored the same way but on the confirmation test set
   (`splits.CONFIRMATION_TEST`: 600 synthetic images from a test seed of their own), which no
   choice or comparison has seen: `confirmation_variants.csv`,
   `confirmation_test_per_image.csv`.
@@ -291,9 +291,7 @@ WINNER_VARIANTS = (
     ("ensemble of 3, flip TTA, gated", True, True, True),
 )
 
-CONFIRMATION_ARMS: dict[str, Arm] = {
-    name: WINNER_ARMS[name] for name in ("CPU default", "image head")
-}
+CONFIRMATION_ARMS = WINNER_ARMS  # the same three arms, scored on other images
 
 STUDIES = {  # arms, seeds, base configuration
     "recipe": (RECIPE_ARMS, (0, 1, 2), _recipe_baseline),

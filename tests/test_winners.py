@@ -73,7 +73,7 @@ def test_winners_study_end_to_end_writes_runs_variants_and_per_image_scores(
     monkeypatch.setitem(run_studies.VARIANT_STUDIES, "confirmation", lambda: other_test)
     arms, seeds, _ = run_studies.STUDIES["confirmation"]
     monkeypatch.setitem(run_studies.STUDIES, "confirmation", (arms, seeds, lambda: TINY))
-    run_studies.run_winners((0, 1), None, {}, "abc1234", "confirmation")
+    run_studies.run_winners((0, 1), ["CPU default", "image head"], {}, "abc1234", "confirmation")
     again = pd.read_csv(tmp_path / "confirmation.csv")
     columns = ["arm", "seed", "rsna_metric", "ap50", "best_epoch", "config_id"]
     pd.testing.assert_frame_equal(again[columns], runs[columns])
