@@ -15,7 +15,8 @@ gets an empty submission row and a line in `rejects.csv`; the run still exits 0,
 if no file at all could be read. The score threshold is the run's own
 (`score_threshold.json`, chosen by train.py) unless `--score-threshold` says otherwise; a run
 trained with an image head also gates by its image-level probability (`--gate-threshold`
-overrides the saved gate, `--no-gate` turns it off).
+overrides the saved gate, `--no-gate` turns it off). `--flip-tta` averages each image's
+prediction with its mirror image's.
 
 Several run folders before the inputs (each a folder with `config.json`) are ensembled: the
 models, trained with the same configuration (different seeds, say), are averaged anchor by
@@ -150,6 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         help="image-level gate: images below it keep no box (default: the run's saved gate)",
     )
     parser.add_argument("--no-gate", action="store_true", help="no image-level gating")
+    parser.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="also predict on each mirrored image and average (flip test-time augmentation)",
+    )
     parser.add_argument("--no-heatmaps", action="store_true", help="skip the heatmap PNGs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dpi", type=int, default=80)
@@ -184,11 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         source = "the default; the run has no chosen threshold"
     if args.no_gate or args.gate_threshold is not None:
         decode_cfg = dataclasses.replace(decode_cfg, gate_threshold=args.gate_threshold)
+    if args.flip_tta:  # the forward pass reads it from the config
+        decode_cfg = dataclasses.replace(decode_cfg, flip_tta=True)
+        cfg = dataclasses.replace(cfg, decode=decode_cfg)
     if len(model) > 1:
         print(f"ensemble of {len(model)} runs: {', '.join(workdirs)}")
     gate = decode_cfg.gate_threshold
     gated = "" if gate is None else f", image-level gate {gate:.2f}"
-    print(f"score threshold {decode_cfg.score_threshold:.2f}{gated} ({source})")
+    flips = ", flip TTA" if decode_cfg.flip_tta else ""
+    print(f"score threshold {decode_cfg.score_threshold:.2f}{gated}{flips} ({source})")
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     rejects = RejectLog()

@@ -446,7 +446,9 @@ def image_probabilities(predictions: TensorLike, cfg: RetinaNetConfig) -> tf.Ten
 
 
 def gate_detections(
-    detections: dict[str, tf.Tensor], image_probability: TensorLike, gate_threshold: float | None
+    detections: dict[str, tf.Tensor],
+    image_probability: TensorLike,
+    gate_threshold: float | None,
 ) -> dict[str, tf.Tensor]:
     """Image-level gating: an image whose probability is below `gate_threshold` keeps no
     detection (its boxes and scores are zeroed, `num_detections` set to 0).
@@ -461,11 +463,13 @@ def gate_detections(
     """
     if gate_threshold is None:
         return detections
-    keep = tf.convert_to_tensor(image_probability, tf.float32) >= gate_threshold  # (B,)
+    probability = tf.convert_to_tensor(image_probability, tf.float32)
+    keep = probability >= gate_threshold  # (B,)
     gated = dict(detections)
     gated["num_detections"] = tf.where(keep, detections["num_detections"], 0)
     gated["scores"] = tf.where(keep[:, None], detections["scores"], 0.0)
-    gated["boxes_xyxy"] = tf.where(keep[:, None, None], detections["boxes_xyxy"], 0.0)
+    boxes = detections["boxes_xyxy"]
+    gated["boxes_xyxy"] = tf.where(keep[:, None, None], boxes, 0.0)
     return gated
 
 
@@ -487,11 +491,11 @@ def ensemble_predictions(predictions: Sequence[TensorLike]) -> tf.Tensor:
         ValueError: If there is no prediction or the shapes differ.
     """
     if not predictions:
-        raise ValueError("ensemble_predictions needs at least one model's predictions.")
+        raise ValueError("No predictions to ensemble.")
     tensors = [tf.convert_to_tensor(p, tf.float32) for p in predictions]
     shapes = {tuple(t.shape.as_list()) for t in tensors}
     if len(shapes) > 1:
-        raise ValueError(f"Ensembled predictions must share one shape, got {sorted(shapes)}.")
+        raise ValueError(f"Predictions of different shapes: {sorted(shapes)}.")
     if len(tensors) == 1:
         return tensors[0]
     stacked = tf.stack(tensors)  # (M, B, A, C)

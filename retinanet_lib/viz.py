@@ -415,14 +415,14 @@ def plot_variant_scores(
             y = row + offsets[number]
             label = arm if row == 0 else None
             if len(values) == 1:  # an ensemble: one model made of the seeds
-                ax.plot(values, [y], "D", color=color, markersize=6, label=label)
+                ax.plot(values, [y], "D", color=color, markersize=8, label=label)
             else:
-                ax.plot(values, np.full(len(values), y), "o", color=color, alpha=0.5, ms=4)
-                ax.plot([values.mean()], [y], "|", color=color, ms=14, mew=2.5, label=label)
+                ax.plot(values, np.full(len(values), y), "o", color=color, alpha=0.5, ms=6)
+                ax.plot([values.mean()], [y], "|", color=color, ms=18, mew=3, label=label)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=len(arms), frameon=False)
     return ax
 
 
@@ -430,22 +430,30 @@ def plot_image_probabilities(
     ax: Axes, probabilities: TensorLike, has_opacity: TensorLike, gate: float | None = None
 ) -> Axes:
     """Histograms of images' "any opacity" probabilities, with and without an opacity, on a
-    shared set of bins, and the gate (images left of it keep no box) as a dashed line."""
+    shared set of bins and a log count axis, and the gate (images left of it keep no box) as
+    a dashed line."""
     probabilities = np.asarray(probabilities, np.float64)
     has_opacity = np.asarray(has_opacity, bool)
     bins = np.linspace(0.0, 1.0, 21)
     for mask, label, color in (
         (~has_opacity, "no opacity", "tab:blue"),
         (has_opacity, "opacity", "tab:red"),
-    ):
+    ):  # outlines, so that a bar of one image is not hidden behind the other group's
         ax.hist(
-            probabilities[mask], bins=bins, alpha=0.6, color=color, label=f"{label} ({mask.sum()})"
+            probabilities[mask],
+            bins=bins,
+            histtype="step",
+            linewidth=2,
+            color=color,
+            label=f"{label} ({mask.sum()})",
         )
     if gate is not None:
         ax.axvline(gate, color="black", linestyle="--", linewidth=1.2, label=f"gate {gate:.2f}")
+    ax.set_yscale("log")  # a few images in the middle next to hundreds at the ends
+    ax.set_ylim(bottom=0.7)  # a bin of one image stays visible
     ax.set_xlabel("image-level probability")
-    ax.set_ylabel("images")
-    ax.legend(fontsize=8)
+    ax.set_ylabel("images (log scale)")
+    ax.legend()
     return ax
 
 

@@ -232,6 +232,17 @@ def test_predict_cli_ensembles_several_runs_into_one_submission(trained, more_ru
         rows = detections[detections["patientId"] == prediction.patient_id]
         np.testing.assert_allclose(rows["confidence"], prediction.scores, atol=1e-4)
         assert not np.allclose(alone.scores, prediction.scores, atol=1e-4)
+    # --flip-tta: the same ensemble, each image averaged with its mirror image.
+    flipped_out = base / "out-ensemble-flip"
+    flip_arguments = [*arguments[:3], str(flipped_out), "--no-heatmaps", "--flip-tta"]
+    assert predict_cli.main([*flip_arguments, "--score-threshold", "0.0"]) == 0
+    assert "flip TTA" in capsys.readouterr().out
+    flip_cfg = dataclasses.replace(cfg, decode=dataclasses.replace(loose, flip_tta=True))
+    expected_flip = predict_dicoms(models, flip_cfg, paths, flip_cfg.decode, heatmap_reduce=None)
+    flipped = pd.read_csv(flipped_out / "detections.csv")
+    for prediction in expected_flip:
+        rows = flipped[flipped["patientId"] == prediction.patient_id]
+        np.testing.assert_allclose(rows["confidence"], prediction.scores, atol=1e-4)
     # Without --score-threshold: the median of the runs' own thresholds.
     assert predict_cli.main(arguments[:3] + [str(base / "out-ensemble-2"), "--no-heatmaps"]) == 0
     assert "median of the 2 runs' own" in capsys.readouterr().out
