@@ -190,9 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         source = "the default; the run has no chosen threshold"
     if args.no_gate or args.gate_threshold is not None:
         decode_cfg = dataclasses.replace(decode_cfg, gate_threshold=args.gate_threshold)
-    if args.flip_tta:  # the forward pass reads it from the config
+    if args.flip_tta:
         decode_cfg = dataclasses.replace(decode_cfg, flip_tta=True)
-        cfg = dataclasses.replace(cfg, decode=decode_cfg)
     if len(model) > 1:
         print(f"ensemble of {len(model)} runs: {', '.join(workdirs)}")
     gate = decode_cfg.gate_threshold

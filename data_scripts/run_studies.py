@@ -571,10 +571,10 @@ def run_study(
 
 
 def _model_outputs(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits, test_records):
-    """A trained model's outputs on the validation split and a test set, plain and
-    flip-averaged, and their ground truth."""
+    """A trained model's outputs on the validation split (those `run_arm` already made) and
+    a test set, plain and flip-averaged, and their ground truth."""
     flipped_cfg = replace_section(cfg, "decode", flip_tta=True)
-    validation = predict_split(result.model, splits.validation, cfg)
+    validation = result.validation
     test = predict_split(result.model, test_records, cfg)
     outputs = ModelOutputs(
         validation=validation.predictions,

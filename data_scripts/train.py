@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         chosen_on = (
             f"best RSNA metric on the validation split ({len(validation)} {splits.data_name} "
-            "images), grid 0.01..0.90" + (", gate 0.05..0.95 or none" if gate else "")
+            "images), grid 0.01..0.90" + (", gate 0.05..0.95 or none" if len(gates) > 1 else "")
         )
         save_score_threshold(args.workdir, threshold, chosen_on, table, gate)
         best = table["rsna_metric"].max()

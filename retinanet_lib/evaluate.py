@@ -229,20 +229,32 @@ def evaluate_thresholds(
 
     The predictions are decoded once; only NMS and the metric run per threshold.
     """
+    table = _threshold_table(predictions, gt_boxes_xyxy, cfg, score_thresholds, (None,))
+    return table.drop(columns="gate_threshold").set_index("score_threshold")
+
+
+def _threshold_table(predictions, gt_boxes_xyxy, cfg, score_thresholds, gate_thresholds):
+    """RSNA metric, precision and recall for every (score threshold, gate) pair: the
+    predictions are decoded once, NMS runs once per score threshold, and each gate is only a
+    per-image mask on its detections."""
     boxes_xyxy, probabilities = decode_predictions(predictions, cfg)
+    gating = any(gate is not None for gate in gate_thresholds)
+    image_probability = image_probabilities(predictions, cfg).numpy() if gating else None
     rows = []
     for threshold in score_thresholds:  # a handful of thresholds, each fully vectorized
         boxes, scores = _detections(boxes_xyxy, probabilities, cfg, float(threshold))
-        result = rsna_scores(gt_boxes_xyxy, boxes, scores)
-        rows.append(
-            {
-                "score_threshold": float(threshold),
-                "rsna_metric": result.rsna_metric,
-                "precision": result.precision,
-                "recall": result.recall,
-            }
-        )
-    return pd.DataFrame(rows).set_index("score_threshold")
+        for gate in gate_thresholds:
+            result = rsna_scores(gt_boxes_xyxy, *_gated(boxes, scores, image_probability, gate))
+            rows.append(
+                {
+                    "score_threshold": float(threshold),
+                    "gate_threshold": np.nan if gate is None else float(gate),
+                    "rsna_metric": result.rsna_metric,
+                    "precision": result.precision,
+                    "recall": result.recall,
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def choose_score_threshold(
@@ -278,23 +290,7 @@ def choose_thresholds(
         (`score_threshold`, `gate_threshold` (NaN for none), `rsna_metric`, `precision`,
         `recall`).
     """
-    boxes_xyxy, probabilities = decode_predictions(predictions, cfg)
-    image_probability = image_probabilities(predictions, cfg).numpy()
-    rows = []
-    for threshold in score_thresholds:  # NMS once per score threshold
-        boxes, scores = _detections(boxes_xyxy, probabilities, cfg, float(threshold))
-        for gate in gate_thresholds:  # then only a per-image mask per gate
-            result = rsna_scores(gt_boxes_xyxy, *_gated(boxes, scores, image_probability, gate))
-            rows.append(
-                {
-                    "score_threshold": float(threshold),
-                    "gate_threshold": np.nan if gate is None else float(gate),
-                    "rsna_metric": result.rsna_metric,
-                    "precision": result.precision,
-                    "recall": result.recall,
-                }
-            )
-    table = pd.DataFrame(rows)
+    table = _threshold_table(predictions, gt_boxes_xyxy, cfg, score_thresholds, gate_thresholds)
     best = table.loc[table["rsna_metric"].idxmax()]  # first maximum: the grid order breaks ties
     gate = None if np.isnan(best["gate_threshold"]) else float(best["gate_threshold"])
     return float(best["score_threshold"]), gate, table

@@ -115,8 +115,8 @@ _PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _DETECTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _mirror_index_or_none(cfg: RetinaNetConfig) -> tf.Tensor | None:
-    if not cfg.decode.flip_tta:
+def _mirror_index_or_none(cfg: RetinaNetConfig, flip_tta: bool) -> tf.Tensor | None:
+    if not flip_tta:
         return None
     return tf.constant(mirror_anchor_indices(cfg.image_size, cfg.anchors))
 
@@ -145,7 +145,7 @@ def compiled_predictor(model: Any, cfg: RetinaNetConfig) -> Callable[[TensorLike
     if key in cache:
         return cache[key]
     size = cfg.image_size
-    mirror_index = _mirror_index_or_none(cfg)
+    mirror_index = _mirror_index_or_none(cfg, cfg.decode.flip_tta)
     model_ref = weakref.ref(model)
 
     @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)])
@@ -312,7 +312,7 @@ def build_detector(
 ) -> Callable[[TensorLike], dict[str, tf.Tensor]]:
     """The whole inference graph as one `tf.function`: 8-bit images in, detections out.
 
-    Backbone preprocessing, the forward pass (with flip TTA if `cfg.decode.flip_tta`; of
+    Backbone preprocessing, the forward pass (with flip TTA if `decode_cfg.flip_tta`; of
     every model of an ensemble, averaged by `ensemble_predictions`), decoding of every anchor,
     the score threshold, NMS and image-level gating (`decode_cfg.gate_threshold`), all
     compiled together. This is the path of `predict.iter_predictions` and of the exported
@@ -323,7 +323,7 @@ def build_detector(
         model: A RetinaNet for `cfg`, or a list of them (an ensemble: same config, so the
             same anchors and heads; trained with different seeds, say).
         cfg: Its config.
-        decode_cfg: Score threshold, NMS and gating settings (default `cfg.decode`).
+        decode_cfg: Score threshold, NMS, flip TTA and gating settings (default `cfg.decode`).
         keep_all: Also return every anchor's box and probability (for the heatmap).
 
     Returns:
@@ -350,7 +350,7 @@ def _build_detector(
 ) -> Callable[[TensorLike], dict[str, tf.Tensor]]:
     size = cfg.image_size
     anchors_xyxy = generate_anchors(size, size, cfg.anchors)
-    mirror_index = _mirror_index_or_none(cfg)
+    mirror_index = _mirror_index_or_none(cfg, decode_cfg.flip_tta)
     model_refs = [weakref.ref(model) for model in models]
 
     @tf.function(input_signature=[tf.TensorSpec((None, size, size), tf.uint8, name="images")])
