@@ -21,14 +21,23 @@ raises `RunMismatchError`; `overwrite=True` starts afresh.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import inspect
 import json
 import math
+import os
 import shutil
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl  # POSIX: Linux, macOS, Colab
+except ImportError:  # Windows: run folders are not locked
+    fcntl = None
 
 import keras
 import pandas as pd
@@ -81,6 +90,8 @@ RUN_FILE = "run.json"
 #: The score threshold chosen for this run (`save_score_threshold`), used by prediction.
 THRESHOLD_FILE = "score_threshold.json"
 _BACKUP_DIR = "backup"
+#: Held by the process that trains in a run folder (its PID inside), see `run_folder_lock`.
+LOCK_FILE = ".training.lock"
 #: Everything a run writes; `overwrite=True` removes exactly these.
 _RUN_ENTRIES = (
     BEST_WEIGHTS,
@@ -217,6 +228,70 @@ class RunMismatchError(ValueError):
     """The run folder holds a run of another config."""
 
 
+class RunFolderBusyError(RuntimeError):
+    """Another process is training in the same run folder."""
+
+
+#: Run folders this process holds the lock of (`train_retinanet` calls `fit_retinanet`).
+_HELD_FOLDERS: set[Path] = set()
+
+
+@contextlib.contextmanager
+def run_folder_lock(workdir: Path):
+    """Holds `workdir` for this process while it trains there; refuses a second process.
+
+    Two processes training in one run folder spoil each other's run without an error that
+    names the cause: the second deletes the first's files (`overwrite`), both write the
+    same best-weights file and history, and one may resume from the other's backup. With
+    `book/execute_chapters.py` and the test suite both executing Chapter 5, this can happen
+    to the chapter's run folder. The lock (`fcntl.flock` on `workdir/.training.lock`) is
+    released when training returns or the process dies; on Windows there is none.
+
+    Raises:
+        RunFolderBusyError: If another process holds the folder, naming its PID.
+    """
+    folder = workdir.resolve()
+    if fcntl is None or folder in _HELD_FOLDERS:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderBusyError(
+            f"Another process (PID {holder}) is training in {workdir}. Wait for it to finish, "
+            "or train in another folder."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _HELD_FOLDERS.add(folder)
+    try:
+        yield
+    finally:
+        _HELD_FOLDERS.discard(folder)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+def _locks_run_folder(function):
+    """Runs a training function while holding its `workdir` argument (`run_folder_lock`)."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def locked(*args, **kwargs):
+        workdir = Path(signature.bind(*args, **kwargs).arguments["workdir"])
+        with run_folder_lock(workdir):
+            return function(*args, **kwargs)
+
+    return locked
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What `fit_retinanet` and `train_retinanet` return.
@@ -291,6 +366,44 @@ def _prepare_workdir(workdir: Path, cfg: RetinaNetConfig, overwrite: bool) -> No
     config_path.write_text(json.dumps(cfg.to_dict(), indent=2))
 
 
+def _epochs_backed_up(workdir: Path) -> int:
+    """Epochs finished by the run whose backup `keras.callbacks.BackupAndRestore` will
+    restore from `workdir` (0 when there is none)."""
+    metadata = workdir / _BACKUP_DIR / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])
+
+
+def _fast_forward(
+    dataset: tf.data.Dataset, epochs: int, steps_per_epoch: int | None
+) -> tf.data.Dataset:
+    """The training data of a resumed run, moved on by the epochs already trained.
+
+    The shuffle order and the augmentation seeds are drawn anew on every pass over the
+    data (`reshuffle_each_iteration`, `rerandomize_each_iteration`), from a generator that a
+    fresh process starts again at the first pass. Without this, a run resumed after `k`
+    epochs would see the first epoch's order and augmentation again, and continue on
+    another path than the same run trained without a stop.
+
+    Args:
+        dataset: The training batches.
+        epochs: Epochs already trained.
+        steps_per_epoch: For an endless (rebalanced) dataset, which Keras reads through one
+            iterator: the batches of one epoch, skipped `epochs` times. `None` for a
+            finite dataset, which Keras reads through one new iterator per epoch: each
+            iterator made here moves its seeds on by one pass, without reading any data.
+    """
+    if epochs == 0:
+        return dataset
+    if steps_per_epoch is not None:
+        return dataset.skip(epochs * steps_per_epoch)
+    for _ in range(epochs):
+        iter(dataset)
+    return dataset
+
+
+@_locks_run_folder
 def fit_retinanet(
     cfg: RetinaNetConfig,
     train_dataset: tf.data.Dataset,
@@ -348,6 +461,10 @@ def fit_retinanet(
             ),
             loss=RetinaNetLoss(cfg.num_classes, cfg.loss),
         )
+    endless = int(train_dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
+    train_dataset = _fast_forward(
+        train_dataset, _epochs_backed_up(workdir), steps_per_epoch if endless else None
+    )
     previous = _read_history(workdir)
     best_so_far = float(previous["val_loss"].min()) if "val_loss" in previous else None
     best_path = workdir / BEST_WEIGHTS
@@ -371,7 +488,6 @@ def fit_retinanet(
         # A pipeline that skips unreadable files has no length known in advance; Keras then
         # warns at the end of every pass that the input "ran out of data". That is expected.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
-        endless = int(train_dataset.cardinality()) == tf.data.INFINITE_CARDINALITY
         model.fit(
             train_dataset,
             validation_data=val_dataset,
@@ -401,6 +517,7 @@ def fit_retinanet(
     return TrainResult(model=model, history=logs, workdir=workdir, seconds=seconds)
 
 
+@_locks_run_folder
 def train_retinanet(
     cfg: RetinaNetConfig,
     train_records: Records,

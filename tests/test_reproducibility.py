@@ -8,6 +8,7 @@ import sys
 import textwrap
 from importlib import resources
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,6 +83,50 @@ def test_a_run_repeats_exactly_in_a_fresh_process_and_after_another_model(short_
         assert {k: run["row"][k] for k in RUN_COLUMNS} == {k: first["row"][k] for k in RUN_COLUMNS}
     different_seed = _in_process(SHORT, short_data, seed=4)
     assert different_seed["history"] != first["history"]  # the seed does reach training
+
+
+class _StopAfter(keras.callbacks.Callback):
+    """Interrupts training at the end of an epoch, after the run folder's backup."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("positive_fraction", [None, 0.5], ids=["natural mix", "rebalanced"])
+def test_an_interrupted_run_resumes_on_the_path_of_the_uninterrupted_one(
+    short_data, tmp_path, positive_fraction
+):
+    """A run stopped after its first epoch and resumed by a new call (new datasets, as a new
+    process would build) must continue exactly as the run trained without a stop: the same
+    shuffle order and augmentation in every later epoch, so the same losses, bit for bit."""
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.train import set_seed, train_retinanet
+
+    cfg = dataclasses.replace(
+        SHORT,
+        train=dataclasses.replace(SHORT.train, epochs=3),
+        data=dataclasses.replace(SHORT.data, positive_image_fraction=positive_fraction),
+    )
+    splits = load_splits("cpu", cfg, data_root=short_data)
+
+    def train(folder, **kwargs):
+        set_seed(0)
+        return train_retinanet(
+            cfg, splits.train, splits.validation, folder, verbose=0, tensorboard=False, **kwargs
+        )
+
+    uninterrupted = train(tmp_path / "once")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "twice", extra_callbacks=[_StopAfter(epoch=0)])
+    resumed = train(tmp_path / "twice")
+    assert len(resumed.history["loss"]) == 3
+    assert resumed.history == uninterrupted.history
 
 
 def test_config_id_names_the_training_run_not_the_seed():

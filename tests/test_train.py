@@ -14,8 +14,10 @@ from retinanet_lib.config import RetinaNetConfig, TrainConfig, config_for_mode
 from retinanet_lib.train import (
     BEST_WEIGHTS,
     CONFIG_FILE,
+    LOCK_FILE,
     NanLossError,
     RunFinishedError,
+    RunFolderBusyError,
     RunMismatchError,
     StopOnNaN,
     fit_retinanet,
@@ -165,6 +167,41 @@ def test_finished_run_is_not_trained_again_unless_asked(tmp_path):
     )
     assert recorder.epochs == [0, 1, 2]
     assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
+    """A second process must not train in a folder where another one is training."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                f"""
+                from pathlib import Path
+                from retinanet_lib.train import run_folder_lock
+                with run_folder_lock(Path({str(tmp_path)!r})):
+                    print("holding", flush=True)
+                    input()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        train, val = tiny_datasets(TINY)
+        cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=1))
+        with pytest.raises(RunFolderBusyError, match=f"PID {holder.pid}"):
+            fit_retinanet(cfg, train, val, tmp_path, verbose=0, tensorboard=False)
+        assert not (tmp_path / CONFIG_FILE).exists()  # refused before touching the folder
+    finally:
+        holder.communicate("\n", timeout=60)
+    assert holder.returncode == 0
+    # Released: now it trains there, and holds the folder only while it does.
+    fit_retinanet(cfg, train, val, tmp_path, verbose=0, tensorboard=False)
+    assert (tmp_path / BEST_WEIGHTS).is_file() and (tmp_path / LOCK_FILE).is_file()
 
 
 def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
