@@ -64,6 +64,7 @@ from retinanet_lib.train import (  # noqa: E402
     EpochPrinter,
     PrecisionNotSupportedError,
     RunFinishedError,
+    RunFolderBusyError,
     RunMismatchError,
     check_mixed_precision,
     load_trained_model,
@@ -196,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunFinishedError as error:
         print(error)
         result = None
-    except (RunMismatchError, TooManyBadFilesError) as error:
+    except (RunMismatchError, RunFolderBusyError, TooManyBadFilesError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if result is not None:
