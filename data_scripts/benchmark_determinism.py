@@ -60,7 +60,8 @@ class Timer(keras.callbacks.Callback):
 
 result = train_retinanet(cfg, splits.train, splits.validation, workdir, verbose=0,
                          tensorboard=False, extra_callbacks=[Timer()])
-print(json.dumps({"epoch_seconds": times, "loss": result.history["loss"][-1]}))
+print(json.dumps({"epoch_seconds": times, "loss": result.history["loss"][-1],
+                  "history": result.history}))
 """
 
 

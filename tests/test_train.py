@@ -204,6 +204,44 @@ def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
     assert (tmp_path / BEST_WEIGHTS).is_file() and (tmp_path / LOCK_FILE).is_file()
 
 
+class _StepRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.steps.append(int(self.model.optimizer.iterations.numpy()))
+
+
+def test_keras_counts_one_step_more_per_epoch_when_the_data_has_no_known_length(tmp_path):
+    """Pins a Keras 3 behaviour that every stored result was trained with (Chapter 5): on a
+    training dataset of unknown length (`train_retinanet` filters out unreadable files),
+    `optimizer.iterations` advances once more per epoch than there are batches, so the
+    step-based schedule moves one step earlier per epoch. If a Keras upgrade changes this,
+    this test fails, and the studies' numbers will no longer reproduce."""
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=2))
+    steps = {}
+    for name, unknown_length in (("known", False), ("unknown", True)):
+        keras.utils.set_random_seed(0)
+        train, val = tiny_datasets(cfg)  # 8 images, batch 2: 4 batches per epoch
+        if unknown_length:
+            train = train.filter(lambda images, targets: True)
+            assert int(train.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+        recorder = _StepRecorder()
+        fit_retinanet(
+            cfg,
+            train,
+            val,
+            tmp_path / name,
+            steps_per_epoch=4,
+            verbose=0,
+            tensorboard=False,
+            extra_callbacks=[recorder],
+        )
+        steps[name] = recorder.steps
+    assert steps == {"known": [4, 8], "unknown": [5, 10]}
+
+
 def test_a_resumed_run_keeps_its_best_checkpoint(tmp_path):
     """After a resume, a worse epoch must not replace the best weights saved earlier."""
     keras.utils.set_random_seed(0)
