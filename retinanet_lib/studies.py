@@ -163,6 +163,10 @@ class ArmResult:
     per_image: np.ndarray
 
 
+class IncompleteStudyDataError(RuntimeError):
+    """A study run skipped unreadable training or validation files."""
+
+
 def run_arm(
     arm: str,
     cfg: RetinaNetConfig,
@@ -182,6 +186,11 @@ def run_arm(
 
     Returns:
         The row and the trained model.
+
+    Raises:
+        IncompleteStudyDataError: If training skipped files it could not read. Training
+            elsewhere goes on without them; a study row must come from the whole split, or
+            it cannot be compared with the same configuration and seed anywhere else.
     """
     cfg = with_seed(cfg, seed)
     set_seed(seed)
@@ -198,6 +207,13 @@ def run_arm(
             extra_callbacks=[recorder] if first_steps else None,
         )
         seconds = time.perf_counter() - start
+    if len(result.rejects):
+        skipped = ", ".join(Path(name).name for name in result.rejects["file"].head(3))
+        raise IncompleteStudyDataError(
+            f"{arm}, seed {seed}: {len(result.rejects)} files could not be read and were "
+            f"skipped ({skipped}, ...); a study row must come from every image of the split. "
+            "Is another process writing the data folder?"
+        )
     train_split = predict_split(result.model, splits.train, cfg)
     threshold, _ = choose_score_threshold(train_split.predictions, train_split.gt_boxes_xyxy, cfg)
     validation = predict_split(result.model, splits.validation, cfg)

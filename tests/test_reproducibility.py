@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 from importlib import resources
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -127,6 +128,27 @@ def test_an_interrupted_run_resumes_on_the_path_of_the_uninterrupted_one(
     resumed = train(tmp_path / "twice")
     assert len(resumed.history["loss"]) == 3
     assert resumed.history == uninterrupted.history
+
+
+def test_a_study_run_refuses_to_skip_unreadable_files(short_data, tmp_path):
+    """Training skips unreadable files; a study row made that way would come from fewer
+    images than the same configuration and seed elsewhere, so a study run refuses."""
+    import shutil
+
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import IncompleteStudyDataError, run_arm
+
+    root = tmp_path / "data"
+    shutil.copytree(short_data, root)
+    # Allow a bad file in training (a 1 % limit stops 1 file of 16 before the study could).
+    cfg = dataclasses.replace(
+        SHORT, train=dataclasses.replace(SHORT.train, max_bad_file_fraction=0.5)
+    )
+    splits = load_splits("cpu", cfg, data_root=root)
+    broken = Path(splits.train.paths[1])
+    broken.write_bytes(broken.read_bytes()[:300])  # a half-written file
+    with pytest.raises(IncompleteStudyDataError, match=f"1 files could not be read.*{broken.name}"):
+        run_arm("short", cfg, splits, seed=0)
 
 
 def test_config_id_names_the_training_run_not_the_seed():
