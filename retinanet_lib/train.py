@@ -420,7 +420,8 @@ def fit_retinanet(
 
     Args:
         cfg: Detector and training config (written to `workdir/config.json`).
-        train_dataset: Batches of `(images, targets)` (from `pipeline.make_dataset`).
+        train_dataset: Batches of `(images, targets)` (from `pipeline.make_dataset`), not
+            iterated yet: a resumed run moves it on by the epochs already trained.
         val_dataset: Validation batches.
         workdir: Folder for weights, backups and logs.
         steps_per_epoch: Batches per epoch, for the learning-rate schedule (and for
