@@ -309,7 +309,7 @@ STUDIES = {  # arms, seeds, base configuration
 VARIANT_STUDIES = {"winners": None, "confirmation": load_confirmation_test}
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
-LEGACY_STUDIES = ("recipe", "batch")
+LEGACY_STUDIES = ("recipe",)
 
 
 def _commit() -> str:
