@@ -13,8 +13,8 @@
     python data_scripts/run_studies.py resolution augmentation final   # several, one process
     python data_scripts/run_studies.py loss --seeds 3 4 --arms "CE"   # more seeds, one arm
 
-Each study trains the CPU default (synthetic data; 2.5 to 5 minutes a run on 2 CPU cores,
-depending on the machine) once per arm and seed, scores the validation split at a score
+Each study trains the CPU default (synthetic data; 4.5 to 10 minutes a run on 2 CPU cores,
+depending on what else runs) once per arm and seed, scores the validation split at a score
 threshold chosen on the training split (`retinanet_lib.studies.run_arm`), and appends a row to
 `retinanet_lib/results/<study>.csv` and every validation image's RSNA score to
 `<study>_per_image.csv` (for paired comparisons, `studies.paired_table`). Each row records the
@@ -313,7 +313,8 @@ LEGACY_STUDIES = ("recipe",)
 
 
 def _commit() -> str:
-    """The commit the code was at, with "+changes" when the work tree differs from it.
+    """The commit the code was at, with "+changes" when the work tree differs from it (a
+    changed tracked file or an untracked `.py` file).
 
     The studies' own output (`retinanet_lib/results/`) does not count as a change: a re-run
     deletes a study's CSVs first, and the rows it writes are what the study produces."""
@@ -323,12 +324,15 @@ def _commit() -> str:
     )
     if head.returncode != 0:
         return "unknown"
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", RESULTS_EXCLUDE],
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--", ".", RESULTS_EXCLUDE],
         cwd=root,
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    ).stdout.splitlines()
+    # A changed tracked file, or a new Python file (a module the run may import); logs and
+    # other untracked output do not count.
+    dirty = [line for line in status if not line.startswith("??") or line.endswith(".py")]
     return head.stdout.strip() + ("+changes" if dirty else "")
 
 

@@ -167,6 +167,17 @@ class IncompleteStudyDataError(RuntimeError):
     """A study run skipped unreadable training or validation files."""
 
 
+def _require_every_file(step: str, rejects: pd.DataFrame) -> None:
+    """Raises `IncompleteStudyDataError` if `rejects` (`file`, `error`) lists any file."""
+    if len(rejects):
+        skipped = ", ".join(Path(name).name for name in rejects["file"].head(3))
+        raise IncompleteStudyDataError(
+            f"{step}: {len(rejects)} files could not be read and were skipped ({skipped}, ...); "
+            "a study row must come from every image of the split. Is another process writing "
+            "the data folder?"
+        )
+
+
 def run_arm(
     arm: str,
     cfg: RetinaNetConfig,
@@ -188,9 +199,10 @@ def run_arm(
         The row and the trained model.
 
     Raises:
-        IncompleteStudyDataError: If training skipped files it could not read. Training
-            elsewhere goes on without them; a study row must come from the whole split, or
-            it cannot be compared with the same configuration and seed anywhere else.
+        IncompleteStudyDataError: If training or scoring skipped files it could not read.
+            Training elsewhere goes on without them; a study row must come from the whole
+            split, or it cannot be compared with the same configuration and seed anywhere
+            else.
     """
     cfg = with_seed(cfg, seed)
     set_seed(seed)
@@ -207,16 +219,12 @@ def run_arm(
             extra_callbacks=[recorder] if first_steps else None,
         )
         seconds = time.perf_counter() - start
-    if len(result.rejects):
-        skipped = ", ".join(Path(name).name for name in result.rejects["file"].head(3))
-        raise IncompleteStudyDataError(
-            f"{arm}, seed {seed}: {len(result.rejects)} files could not be read and were "
-            f"skipped ({skipped}, ...); a study row must come from every image of the split. "
-            "Is another process writing the data folder?"
-        )
+    _require_every_file(f"{arm}, seed {seed}, training", result.rejects)
     train_split = predict_split(result.model, splits.train, cfg)
     threshold, _ = choose_score_threshold(train_split.predictions, train_split.gt_boxes_xyxy, cfg)
     validation = predict_split(result.model, splits.validation, cfg)
+    for name, predicted in (("training split", train_split), ("validation split", validation)):
+        _require_every_file(f"{arm}, seed {seed}, scoring the {name}", predicted.rejects)
     scores = score_at(validation.predictions, validation.gt_boxes_xyxy, cfg, threshold)
     curve = average_precision_at(validation.predictions, validation.gt_boxes_xyxy, cfg)
     val_loss = result.history.get("val_loss", [np.nan])

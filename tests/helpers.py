@@ -26,3 +26,16 @@ def bright_squares(cfg, num_images: int = 8, seed: int = 0, size: int = 64):
         box = np.array([[x0, y0, x0 + side, y0 + side]], np.float32)
         targets.append(encoder.encode_sample(box, [0]).numpy())
     return images, np.stack(targets)
+
+
+def interrupt_after_epoch(epoch: int):
+    """A Keras callback that stops training with `KeyboardInterrupt` at the end of `epoch`
+    (0-based), after the callbacks before it (the run folder's backup) have run."""
+    import keras
+
+    class InterruptAfterEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, finished, logs=None):
+            if finished == epoch:
+                raise KeyboardInterrupt
+
+    return InterruptAfterEpoch()

@@ -9,13 +9,14 @@ import textwrap
 from importlib import resources
 from pathlib import Path
 
-import keras
 import numpy as np
 import pandas as pd
 import pytest
 
 from retinanet_lib.config import SyntheticConfig, TrainConfig, config_for_mode
 from retinanet_lib.studies import RESULTS_PACKAGE, config_id, with_seed
+
+from .helpers import interrupt_after_epoch
 
 #: The CPU default (augmentation, shuffling, Adam with its schedule) made small: 64 px, 2
 #: epochs of 12 images.
@@ -86,18 +87,6 @@ def test_a_run_repeats_exactly_in_a_fresh_process_and_after_another_model(short_
     assert different_seed["history"] != first["history"]  # the seed does reach training
 
 
-class _StopAfter(keras.callbacks.Callback):
-    """Interrupts training at the end of an epoch, after the run folder's backup."""
-
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("positive_fraction", [None, 0.5], ids=["natural mix", "rebalanced"])
 def test_an_interrupted_run_resumes_on_the_path_of_the_uninterrupted_one(
@@ -124,7 +113,7 @@ def test_an_interrupted_run_resumes_on_the_path_of_the_uninterrupted_one(
 
     uninterrupted = train(tmp_path / "once")
     with pytest.raises(KeyboardInterrupt):
-        train(tmp_path / "twice", extra_callbacks=[_StopAfter(epoch=0)])
+        train(tmp_path / "twice", extra_callbacks=[interrupt_after_epoch(0)])
     resumed = train(tmp_path / "twice")
     assert len(resumed.history["loss"]) == 3
     assert resumed.history == uninterrupted.history

@@ -205,3 +205,45 @@ def test_anchor_coverage_against_a_loop_and_the_encoder(tmp_path):
     assert (anchor_coverage(records, small)["best_iou"] < 0.5).sum() >= (
         coverage["best_iou"] < 0.5
     ).sum()
+
+
+def test_study_rows_name_their_commit_and_flag_a_changed_work_tree(tmp_path):
+    """`run_studies._commit`: the short commit, with "+changes" for a changed tracked file or
+    a new Python file, but not for logs or the studies' own CSVs."""
+    import importlib.util
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent / "data_scripts" / "run_studies.py"
+    (tmp_path / "data_scripts").mkdir()
+    script = tmp_path / "data_scripts" / "run_studies.py"
+    shutil.copy(source, script)
+    (tmp_path / "retinanet_lib" / "results").mkdir(parents=True)
+    (tmp_path / "retinanet_lib" / "module.py").write_text("x = 1\n")
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "start")
+    spec = importlib.util.spec_from_file_location("run_studies_copy", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    head = git("rev-parse", "--short", "HEAD")
+    assert module._commit() == head
+    (tmp_path / "study.log").write_text("log\n")
+    (tmp_path / "retinanet_lib" / "results" / "loss.csv").write_text("a,b\n")
+    assert module._commit() == head  # output is not a change of the code
+    (tmp_path / "retinanet_lib" / "new_module.py").write_text("y = 2\n")
+    assert module._commit() == head + "+changes"
+    (tmp_path / "retinanet_lib" / "new_module.py").unlink()
+    (tmp_path / "retinanet_lib" / "module.py").write_text("x = 2\n")
+    assert module._commit() == head + "+changes"

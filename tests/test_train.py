@@ -28,7 +28,7 @@ from retinanet_lib.train import (
     save_score_threshold,
 )
 
-from .helpers import bright_squares
+from .helpers import bright_squares, interrupt_after_epoch
 
 TINY = dataclasses.replace(
     config_for_mode("cpu"),
@@ -89,16 +89,6 @@ def test_training_lowers_the_loss_and_keeps_best_weights(tmp_path):
     assert loaded_cfg.model.backbone_weights is None
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
-
-
 class _EpochRecorder(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -120,7 +110,7 @@ def test_interrupted_run_resumes_from_the_saved_epoch(tmp_path):
             tmp_path,
             verbose=0,
             tensorboard=False,
-            extra_callbacks=[_Interrupt(at_epoch=1)],
+            extra_callbacks=[interrupt_after_epoch(1)],
         )
     recorder = _EpochRecorder()
     result = fit_retinanet(
