@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         for spinner in spinners:
             spinner.terminate()
     for name, run, seconds in (("alone", alone, alone_seconds), ("busy", loaded, loaded_seconds)):
-        losses = ", ".join(f"{v:.6f}" for v in run["history"]["val_loss"])
-        print(f"{name:5s} ({seconds:5.0f} s): validation loss per epoch {losses}")
+        losses = ", ".join(f"{v:.5f}" for v in run["history"]["val_loss"])
+        print(f"{name} ({seconds:.0f} s), validation loss: {losses}")
     same = alone["history"] == loaded["history"]
     print(
-        f"{args.busy} busy processes: every logged loss "
+        f"{args.busy} busy processes: every logged loss (to all digits) "
         + ("identical, bit for bit" if same else "DIFFERS")
     )
     return 0 if same else 1
