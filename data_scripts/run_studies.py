@@ -410,8 +410,13 @@ def _test_scores(
     return columns, {"test": _per_image(_names(splits.test, test.indices), scores.per_image)}
 
 
-def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -> dict:
-    """The baseline model scored again with flip test-time augmentation (no retraining)."""
+def _flip_tta_row(
+    result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits
+) -> tuple[dict, pd.DataFrame]:
+    """The baseline model scored again with flip test-time augmentation (no retraining):
+    its row and its per-image validation scores. The row's `config_id` is that of the
+    configuration with `decode.flip_tta` on: the same training run as the baseline's, scored
+    another way, so the two rows are not the same result."""
     tta_cfg = replace_section(cfg, "decode", flip_tta=True)
     train_split = predict_split(result.model, splits.train, tta_cfg)
     threshold, _ = choose_score_threshold(
@@ -420,7 +425,7 @@ def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -
     validation = predict_split(result.model, splits.validation, tta_cfg)
     scores = score_at(validation.predictions, validation.gt_boxes_xyxy, tta_cfg, threshold)
     curve = average_precision_at(validation.predictions, validation.gt_boxes_xyxy, tta_cfg)
-    return {
+    row = {
         **result.row,
         "arm": "flip TTA",
         "rsna_metric": round(scores.rsna_metric, 4),
@@ -428,7 +433,21 @@ def _flip_tta_row(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits) -
         "recall": round(scores.recall, 4),
         "ap50": round(curve.average_precision, 4),
         "score_threshold": threshold,
+        "config_id": config_id(tta_cfg),
     }
+    names = _names(splits.validation, validation.indices)
+    return row, _per_image(names, scores.per_image)
+
+
+def _append_run(study: str, name: str, seed: int, row: dict, tables: PerImage) -> None:
+    """One run's row to `<study>.csv` and its per-image tables to
+    `<study>[_<suffix>]_per_image.csv`."""
+    append_row(RESULTS / f"{study}.csv", row)
+    for suffix, table in tables.items():
+        table.insert(0, "seed", seed)
+        table.insert(0, "arm", name)
+        stem = f"{study}_{suffix}" if suffix else study
+        append_rows(RESULTS / f"{stem}_per_image.csv", table)
 
 
 def _write_history(study: str, name: str, seed: int, result: ArmResult) -> None:
@@ -538,7 +557,10 @@ def run_study(
     commit = commit or _commit()  # the code the process runs: main() reads it at the start
     for seed in seeds:  # seeds outermost: a partial study still covers every arm
         for name, make_cfg in arms.items():
-            if (only and name not in only) or (name, seed) in done:
+            # The recipe's "flip TTA" row scores the baseline's run again: a missing one
+            # needs that run even when the baseline's own row is done.
+            needs_tta = study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done
+            if (only and name not in only) or ((name, seed) in done and not needs_tta):
                 continue
             cfg = make_cfg(base, splits)
             start = time.perf_counter()
@@ -556,18 +578,17 @@ def run_study(
                 row.update(columns)
                 tables.update(extra_tables)
             row["commit"] = commit
-            append_row(csv_path, row)
-            for suffix, table in tables.items():  # <study>[_<suffix>]_per_image.csv
-                table.insert(0, "seed", seed)
-                table.insert(0, "arm", name)
-                stem = f"{study}_{suffix}" if suffix else study
-                append_rows(RESULTS / f"{stem}_per_image.csv", table)
-            if study == "loss":
-                _loss_extras(name, seed, result, seeded)
-            if study in HISTORY_STUDIES:
-                _write_history(study, name, seed, result)
-            if study == "recipe" and name == "baseline" and ("flip TTA", seed) not in done:
-                append_row(csv_path, {**_flip_tta_row(result, seeded, splits), "commit": commit})
+            if (name, seed) not in done:
+                _append_run(study, name, seed, row, tables)
+                if study == "loss":
+                    _loss_extras(name, seed, result, seeded)
+                if study in HISTORY_STUDIES:
+                    _write_history(study, name, seed, result)
+            if needs_tta:
+                tta_row, tta_per_image = _flip_tta_row(result, seeded, splits)
+                tta_row["commit"] = commit
+                _append_run(study, "flip TTA", seed, tta_row, {"": tta_per_image})
+                print(f"{study} | flip TTA | seed {seed}: {tta_row}", flush=True)
             elapsed = time.perf_counter() - start
             how = "reused" if reused else "trained"
             print(f"{study} | {name} | seed {seed} ({how}, {elapsed:.0f} s): {row}", flush=True)
@@ -683,8 +704,9 @@ def refresh_config_ids(study: str) -> Path:
     table = pd.read_csv(csv_path)
     ids = {name: config_id(make_cfg(base, splits)) for name, make_cfg in arms.items()}
     missing = sorted(set(table["arm"]) - set(ids))
-    if "flip TTA" in missing:  # scored from the baseline's run: the baseline's training
-        ids["flip TTA"] = ids["baseline"]
+    if "flip TTA" in missing:  # the baseline's run, scored with flip test-time augmentation
+        baseline = arms["baseline"](base, splits)
+        ids["flip TTA"] = config_id(replace_section(baseline, "decode", flip_tta=True))
         missing.remove("flip TTA")
     if missing:
         raise ValueError(f"{csv_path.name} holds arms the study no longer defines: {missing}")

@@ -239,3 +239,19 @@ def test_image_level_rows_agree_with_their_per_image_flags():
         assert specificity == pytest.approx(row["image_specificity"], abs=1e-4)
         flagged = positives["found"].sum() + negatives["false_alarm"].sum()
         assert positives["found"].sum() / flagged == pytest.approx(row["image_precision"], abs=1e-4)
+
+
+def test_each_study_row_is_the_mean_of_its_per_image_scores():
+    """A row's validation RSNA metric is the mean of its per-image scores over the images
+    the metric counts: the per-image files hold the same runs as the rows they pair."""
+    from data_scripts.run_studies import LEGACY_STUDIES
+
+    folder = resources.files(RESULTS_PACKAGE)
+    for name, table in _committed_tables().items():
+        if name in LEGACY_STUDIES:
+            continue
+        with (folder / f"{name}_per_image.csv").open() as handle:
+            per_image = pd.read_csv(handle)
+        means = per_image.groupby(["arm", "seed"])["rsna_score"].mean()
+        rows = table.set_index(["arm", "seed"])["rsna_metric"]
+        np.testing.assert_allclose(means.loc[rows.index], rows, atol=2e-4, err_msg=name)

@@ -247,3 +247,52 @@ def test_study_rows_name_their_commit_and_flag_a_changed_work_tree(tmp_path):
     (tmp_path / "retinanet_lib" / "new_module.py").unlink()
     (tmp_path / "retinanet_lib" / "module.py").write_text("x = 2\n")
     assert module._commit() == head + "+changes"
+
+
+def test_recipe_flip_tta_row_has_its_own_config_and_per_image_scores(tmp_path, monkeypatch):
+    """The recipe's "flip TTA" row scores the baseline's run again: it carries the
+    configuration with flips on (not the baseline's `config_id`, which would claim the same
+    result) and per-image scores for paired intervals. A missing "flip TTA" row is made again
+    from the baseline's run, without a second baseline row, and comes back the same."""
+    from data_scripts import run_studies
+    from retinanet_lib.config import SyntheticConfig, replace_section
+    from retinanet_lib.splits import load_splits
+    from retinanet_lib.studies import config_id
+    from retinanet_lib.synthetic import write_synthetic_rsna
+
+    data = tmp_path / "data"
+    write_synthetic_rsna(
+        data, SyntheticConfig(num_train=16, num_test=4, image_size=128, seed=3), False
+    )
+    tiny = dataclasses.replace(
+        replace_section(config_for_mode("cpu"), "train", epochs=1, batch_size=4),
+        image_size=128,
+    )
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(run_studies, "RESULTS", results)
+    monkeypatch.setattr(run_studies, "load_splits", lambda mode, cfg: load_splits(mode, cfg, data))
+    arms, seeds, _ = run_studies.STUDIES["recipe"]
+    monkeypatch.setitem(run_studies.STUDIES, "recipe", (arms, seeds, lambda: tiny))
+    run_studies.run_study("recipe", (0,), ["baseline"], commit="abc1234")
+
+    rows = pd.read_csv(results / "recipe.csv").set_index("arm")
+    per_image = pd.read_csv(results / "recipe_per_image.csv")
+    assert sorted(rows.index) == ["baseline", "flip TTA"]
+    flipped_cfg = replace_section(tiny, "decode", flip_tta=True)
+    assert rows.loc["flip TTA", "config_id"] == config_id(flipped_cfg)
+    assert rows.loc["baseline", "config_id"] == config_id(tiny) != config_id(flipped_cfg)
+    for arm in rows.index:
+        scores = per_image.loc[per_image["arm"] == arm, "rsna_score"]
+        assert len(scores) == rows.loc[arm, "val_images"]
+        # The row's metric is the mean over the images the metric counts.
+        assert scores.mean() == pytest.approx(rows.loc[arm, "rsna_metric"], abs=2e-4)
+
+    first = pd.read_csv(results / "recipe.csv")
+    first[first["arm"] == "baseline"].to_csv(results / "recipe.csv", index=False)
+    per_image[per_image["arm"] == "baseline"].to_csv(results / "recipe_per_image.csv", index=False)
+    run_studies.run_study("recipe", (0,), ["baseline"], commit="abc1234")
+    again = pd.read_csv(results / "recipe.csv")
+    timeless = [c for c in first.columns if c != "train_seconds"]
+    pd.testing.assert_frame_equal(again[timeless], first[timeless])
+    pd.testing.assert_frame_equal(pd.read_csv(results / "recipe_per_image.csv"), per_image)
