@@ -100,7 +100,9 @@ def load_upper_zone_test(synthetic_cfg: SyntheticConfig = UPPER_ZONE_TEST) -> Re
 
     Generated on first use in `data_root() / "synthetic_upper_zone"` (about 15 s) and reused.
     Nothing is shifted or rotated: the generator itself places the opacities, so the images
-    have the statistics of the ordinary test split and differ only in where the opacities are.
+    have the anatomy and noise of the ordinary test split. The opacities differ in where they
+    are and, since the generator clips them at the lung apex, in size: they come out smaller
+    (Chapter 5 prints both splits' box sizes).
 
     Returns:
         The test records (the folder's one training image is not used).

@@ -133,3 +133,28 @@ def test_chapters_walk_through_library_source():
         target = resolve(name)  # an AttributeError here: not a library symbol
         module = getattr(target, "__module__", "")
         assert module.startswith("retinanet_lib"), f"{name} is not library code"
+
+
+GLUE_ROLE = re.compile(r"\{glue(?::\w+)?\}`([^`:]+)(?::[^`]*)?`")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_glued_number_in_the_prose_is_stored_by_a_cell(path):
+    """A number the prose takes from a cell (`{glue:text}`name``) must be in the stored
+    outputs, once, or the rendered page shows an error where the number should be."""
+    cells = notebook(path).cells
+    used = {
+        name
+        for cell in cells
+        if cell.cell_type == "markdown"
+        for name in GLUE_ROLE.findall(cell.source)
+    }
+    stored = [
+        output["metadata"]["scrapbook"]["name"]
+        for cell in cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+        if "scrapbook" in output.get("metadata", {})
+    ]
+    assert len(stored) == len(set(stored)), "a glue name is stored twice"
+    assert used <= set(stored), f"quoted but not stored: {sorted(used - set(stored))}"
