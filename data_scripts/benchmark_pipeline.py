@@ -59,12 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(ids)} images, {args.image_size} px, batch {args.batch_size}, "
         f"{os.cpu_count()} CPU cores, median and range of {args.repeats} pipelines"
     )
-    for label, rates in (
-        ("cold (decode, CLAHE, resize, augment, encode)", cold),
-        ("cached (augment, preprocess, encode)", cached),
-    ):
+    # cold: decode, CLAHE, resize, augment, encode; cached: augment, preprocess, encode.
+    for label, rates in (("cold", cold), ("cached", cached)):
         print(
-            f"{label:47s} {statistics.median(rates):6.1f} images/s "
+            f"{label:7s} {statistics.median(rates):6.1f} images/s "
             f"(range {min(rates):.1f} to {max(rates):.1f})"
         )
     return 0

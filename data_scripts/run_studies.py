@@ -23,11 +23,14 @@ fingerprint of its configuration (`config_id`). Within one process a configurati
 trained once: a study arm that another study or arm already trained reuses that run, so the
 same run gives the same row in every CSV; `tests/test_reproducibility.py` checks that the
 committed CSVs agree and that a retrained run would repeat exactly. Rows already in a CSV are
-skipped, so an interrupted study resumes; delete the CSVs to start over.
+skipped, so an interrupted study resumes; delete the CSVs to start over. Run one study
+process at a time on an otherwise idle machine: beside other training processes a run can
+come out differently (the Results page, "One configuration, one number").
 
 * *recipe*: changes of the CPU default as it was before the ablation (20 epochs); its
   "30 epochs" row became the default. Each baseline model is scored a second time with flip
-  test-time augmentation (arm "flip TTA", no retraining).
+  test-time augmentation (arm "flip TTA", no retraining; a missing "flip TTA" row trains the
+  baseline's run again).
 * *loss*: also writes `loss_first_steps.csv` (the loss of each of the first 60 training steps)
   and `loss_pr_curves.csv` (validation precision-recall curves).
 * *imbalance*: the natural mix of training images (about 30 % with an opacity) against
@@ -72,7 +75,8 @@ skipped, so an interrupted study resumes; delete the CSVs to start over.
   `confirmation_test_per_image.csv`.
 
 `LEGACY_STUDIES` lists the CSVs still written by older code (without these columns or with
-uncommitted changes); the book says so where it uses them.
+uncommitted changes), which the agreement checks skip; the book says so where it uses them.
+Since the recipe ablation's re-run (2026-11-30) the list is empty.
 """
 
 from __future__ import annotations
@@ -309,7 +313,7 @@ STUDIES = {  # arms, seeds, base configuration
 VARIANT_STUDIES = {"winners": None, "confirmation": load_confirmation_test}
 #: Studies written by older code, before rows carried `commit` and `config_id` and every
 #: study wrote `<study>_per_image.csv`; re-running them (delete the CSV) brings them up to date.
-LEGACY_STUDIES = ("recipe",)
+LEGACY_STUDIES: tuple[str, ...] = ()
 
 
 def _commit() -> str:
