@@ -205,6 +205,9 @@ def test_committed_studies_agree_wherever_they_hold_the_same_run():
 
 
 def test_every_study_with_paired_claims_has_its_per_image_scores():
+    """Every run of a study has one score per validation image, and its row's RSNA metric is
+    the mean of those scores over the images the metric counts: the per-image files hold the
+    same runs as the rows they pair."""
     from data_scripts.run_studies import LEGACY_STUDIES
 
     folder = resources.files(RESULTS_PACKAGE)
@@ -219,6 +222,9 @@ def test_every_study_with_paired_claims_has_its_per_image_scores():
         assert (counts == table["val_images"].iloc[0]).all(), name
         scores = per_image["rsna_score"].dropna()
         assert ((scores >= 0) & (scores <= 1)).all() and np.isfinite(scores).all()
+        means = per_image.groupby(["arm", "seed"])["rsna_score"].mean()
+        rows = table.set_index(["arm", "seed"])["rsna_metric"]
+        np.testing.assert_allclose(means.loc[rows.index], rows, atol=2e-4, err_msg=name)
 
 
 def test_image_level_rows_agree_with_their_per_image_flags():
@@ -239,19 +245,3 @@ def test_image_level_rows_agree_with_their_per_image_flags():
         assert specificity == pytest.approx(row["image_specificity"], abs=1e-4)
         flagged = positives["found"].sum() + negatives["false_alarm"].sum()
         assert positives["found"].sum() / flagged == pytest.approx(row["image_precision"], abs=1e-4)
-
-
-def test_each_study_row_is_the_mean_of_its_per_image_scores():
-    """A row's validation RSNA metric is the mean of its per-image scores over the images
-    the metric counts: the per-image files hold the same runs as the rows they pair."""
-    from data_scripts.run_studies import LEGACY_STUDIES
-
-    folder = resources.files(RESULTS_PACKAGE)
-    for name, table in _committed_tables().items():
-        if name in LEGACY_STUDIES:
-            continue
-        with (folder / f"{name}_per_image.csv").open() as handle:
-            per_image = pd.read_csv(handle)
-        means = per_image.groupby(["arm", "seed"])["rsna_score"].mean()
-        rows = table.set_index(["arm", "seed"])["rsna_metric"]
-        np.testing.assert_allclose(means.loc[rows.index], rows, atol=2e-4, err_msg=name)
