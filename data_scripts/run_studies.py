@@ -414,6 +414,12 @@ def _test_scores(
     return columns, {"test": _per_image(_names(splits.test, test.indices), scores.per_image)}
 
 
+def _with_flips(cfg: RetinaNetConfig) -> RetinaNetConfig:
+    """The configuration scored with flip test-time augmentation (what the "flip TTA" row's
+    `config_id` and every flip-averaged prediction use)."""
+    return replace_section(cfg, "decode", flip_tta=True)
+
+
 def _flip_tta_row(
     result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits
 ) -> tuple[dict, pd.DataFrame]:
@@ -421,7 +427,7 @@ def _flip_tta_row(
     its row and its per-image validation scores. The row's `config_id` is that of the
     configuration with `decode.flip_tta` on: the same training run as the baseline's, scored
     another way, so the two rows are not the same result."""
-    tta_cfg = replace_section(cfg, "decode", flip_tta=True)
+    tta_cfg = _with_flips(cfg)
     train_split = predict_split(result.model, splits.train, tta_cfg)
     threshold, _ = choose_score_threshold(
         train_split.predictions, train_split.gt_boxes_xyxy, tta_cfg
@@ -602,7 +608,7 @@ def run_study(
 def _model_outputs(result: ArmResult, cfg: RetinaNetConfig, splits: DataSplits, test_records):
     """A trained model's outputs on the validation split (those `run_arm` already made) and
     a test set, plain and flip-averaged, and their ground truth."""
-    flipped_cfg = replace_section(cfg, "decode", flip_tta=True)
+    flipped_cfg = _with_flips(cfg)
     validation = result.validation
     test = predict_split(result.model, test_records, cfg)
     outputs = ModelOutputs(
@@ -710,7 +716,7 @@ def refresh_config_ids(study: str) -> Path:
     missing = sorted(set(table["arm"]) - set(ids))
     if "flip TTA" in missing:  # the baseline's run, scored with flip test-time augmentation
         baseline = arms["baseline"](base, splits)
-        ids["flip TTA"] = config_id(replace_section(baseline, "decode", flip_tta=True))
+        ids["flip TTA"] = config_id(_with_flips(baseline))
         missing.remove("flip TTA")
     if missing:
         raise ValueError(f"{csv_path.name} holds arms the study no longer defines: {missing}")

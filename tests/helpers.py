@@ -39,3 +39,29 @@ def interrupt_after_epoch(epoch: int):
                 raise KeyboardInterrupt
 
     return InterruptAfterEpoch()
+
+
+def tiny_study_cfg():
+    """The CPU default made small for end-to-end study runs: 128 px, 1 epoch of batch 4."""
+    import dataclasses
+
+    from retinanet_lib.config import config_for_mode, replace_section
+
+    cpu = replace_section(config_for_mode("cpu"), "train", epochs=1, batch_size=4)
+    return dataclasses.replace(cpu, image_size=128)
+
+
+def run_studies_on(monkeypatch, data_root, results, base, studies):
+    """Points `data_scripts.run_studies` at a small data folder, a results folder and the
+    base configuration `base` for `studies`; returns the module."""
+    from data_scripts import run_studies
+    from retinanet_lib.splits import load_splits
+
+    monkeypatch.setattr(run_studies, "RESULTS", results)
+    monkeypatch.setattr(
+        run_studies, "load_splits", lambda mode, cfg: load_splits(mode, cfg, data_root)
+    )
+    for study in studies:
+        arms, seeds, _ = run_studies.STUDIES[study]
+        monkeypatch.setitem(run_studies.STUDIES, study, (arms, seeds, lambda: base))
+    return run_studies

@@ -254,26 +254,20 @@ def test_recipe_flip_tta_row_has_its_own_config_and_per_image_scores(tmp_path, m
     configuration with flips on (not the baseline's `config_id`, which would claim the same
     result) and per-image scores for paired intervals. A missing "flip TTA" row is made again
     from the baseline's run, without a second baseline row, and comes back the same."""
-    from data_scripts import run_studies
     from retinanet_lib.config import SyntheticConfig, replace_section
-    from retinanet_lib.splits import load_splits
     from retinanet_lib.studies import config_id
     from retinanet_lib.synthetic import write_synthetic_rsna
+
+    from .helpers import run_studies_on, tiny_study_cfg
 
     data = tmp_path / "data"
     write_synthetic_rsna(
         data, SyntheticConfig(num_train=16, num_test=4, image_size=128, seed=3), False
     )
-    tiny = dataclasses.replace(
-        replace_section(config_for_mode("cpu"), "train", epochs=1, batch_size=4),
-        image_size=128,
-    )
+    tiny = tiny_study_cfg()
     results = tmp_path / "results"
     results.mkdir()
-    monkeypatch.setattr(run_studies, "RESULTS", results)
-    monkeypatch.setattr(run_studies, "load_splits", lambda mode, cfg: load_splits(mode, cfg, data))
-    arms, seeds, _ = run_studies.STUDIES["recipe"]
-    monkeypatch.setitem(run_studies.STUDIES, "recipe", (arms, seeds, lambda: tiny))
+    run_studies = run_studies_on(monkeypatch, data, results, tiny, ["recipe"])
     run_studies.run_study("recipe", (0,), ["baseline"], commit="abc1234")
 
     rows = pd.read_csv(results / "recipe.csv").set_index("arm")

@@ -6,15 +6,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinanet_lib.config import SyntheticConfig, config_for_mode, replace_section
+from retinanet_lib.config import SyntheticConfig, replace_section
 from retinanet_lib.evaluate import choose_thresholds, score_at
 from retinanet_lib.inference import ensemble_predictions, image_probabilities
 from retinanet_lib.winners import ModelOutputs, score_variant, variant_predictions
 
-TINY = dataclasses.replace(
-    replace_section(config_for_mode("cpu"), "train", epochs=1, batch_size=4),
-    image_size=128,
-)
+from .helpers import run_studies_on, tiny_study_cfg
+
+TINY = tiny_study_cfg()
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +30,10 @@ def tiny_data(tmp_path_factory):
 def test_winners_study_end_to_end_writes_runs_variants_and_per_image_scores(
     tiny_data, tmp_path, monkeypatch
 ):
-    from data_scripts import run_studies
     from retinanet_lib.splits import load_splits
 
-    monkeypatch.setattr(run_studies, "RESULTS", tmp_path)
-    monkeypatch.setattr(
-        run_studies, "load_splits", lambda mode, cfg: load_splits(mode, cfg, tiny_data)
-    )
-    arms, seeds, _ = run_studies.STUDIES["winners"]
-    monkeypatch.setitem(run_studies.STUDIES, "winners", (arms, seeds, lambda: TINY))
+    studies = ("winners", "confirmation")
+    run_studies = run_studies_on(monkeypatch, tiny_data, tmp_path, TINY, studies)
     run_studies.run_winners((0, 1), ["CPU default", "image head"], {}, "abc1234")
     runs = pd.read_csv(tmp_path / "winners.csv")
     variants = pd.read_csv(tmp_path / "winners_variants.csv", dtype={"seeds": str})
@@ -71,8 +65,6 @@ def test_winners_study_end_to_end_writes_runs_variants_and_per_image_scores(
         other_test, paths=other_test.paths[:5], boxes_xywh=other_test.boxes_xywh[:5]
     )
     monkeypatch.setitem(run_studies.VARIANT_STUDIES, "confirmation", lambda: other_test)
-    arms, seeds, _ = run_studies.STUDIES["confirmation"]
-    monkeypatch.setitem(run_studies.STUDIES, "confirmation", (arms, seeds, lambda: TINY))
     run_studies.run_winners((0, 1), ["CPU default", "image head"], {}, "abc1234", "confirmation")
     again = pd.read_csv(tmp_path / "confirmation.csv")
     columns = ["arm", "seed", "rsna_metric", "ap50", "best_epoch", "config_id"]
