@@ -18,6 +18,13 @@ import yaml  # noqa: E402
 from retinanet_lib.config import RetinaNetConfig  # noqa: E402
 
 
+def pytest_configure(config):
+    """nbval compares decimals with one stated tolerance (tests/nbval_tolerance.py)."""
+    from .nbval_tolerance import install
+
+    install()
+
+
 def pytest_collectstart(collector):
     """nbval: TensorFlow may write harmless warnings to stderr; compare only stdout/results."""
     if collector.fspath and collector.fspath.ext == ".ipynb":
