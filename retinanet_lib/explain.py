@@ -136,6 +136,7 @@ def explanation_cases(
     gt_boxes_xyxy: Sequence[np.ndarray],
     cfg: RetinaNetConfig,
     match_iou: float = 0.5,
+    skip_absent: bool = False,
 ) -> list[Case]:
     """Four cases to explain, one of each kind, from one split.
 
@@ -156,12 +157,15 @@ def explanation_cases(
         gt_boxes_xyxy: `N` ground-truth arrays `(m, 4)`.
         cfg: The model's config.
         match_iou: The IoU at which a detection hits a ground-truth box.
+        skip_absent: Leave out a kind the split has no case of (a model trained elsewhere
+            may, say, make no false positive), instead of raising.
 
     Returns:
-        The four cases, in the order above.
+        The four cases, in the order above (fewer with `skip_absent`: check the labels).
 
     Raises:
-        ValueError: When the split has no case of one kind (it says which).
+        ValueError: When the split has no case of one kind (it says which), unless
+            `skip_absent`.
     """
     predictions = np.asarray(predictions, np.float32)
     truth = [np.asarray(t, np.float32).reshape(-1, 4) for t in gt_boxes_xyxy]
@@ -193,8 +197,10 @@ def explanation_cases(
         cases.append(Case(int(index), label, anchor, box, score))
     if not negative.any():
         absent.append("negative image")
-    if absent:
+    if absent and not skip_absent:
         raise ValueError(f"The split has no case of these kinds: {', '.join(absent)}.")
+    if not negative.any():
+        return cases
     index = int(np.argmax(np.where(negative, top_logits, -np.inf)))
     anchor = int(np.argmax(predictions[index, :, 4:].max(axis=-1)))
     decoded_xyxy, _ = decode_predictions(predictions[index : index + 1], cfg)

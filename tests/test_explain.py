@@ -207,6 +207,22 @@ def test_explanation_cases_say_which_kind_is_missing():
         explanation_cases(predictions[:2], detections[:2], truth[:2], cfg)
 
 
+def test_explanation_cases_can_leave_out_an_absent_kind():
+    """A model trained on another machine may make no false positive: the chapter then shows
+    the three kinds it has."""
+    cfg = _small_cfg()
+    predictions, detections, truth, anchors, expected = _cases_split(cfg)
+    hit, _, attempt, negative_top = expected
+    detections[0] = (detections[0][0][:1], detections[0][1][:1])  # no false alarm left
+    cases = explanation_cases(predictions, detections, truth, cfg, skip_absent=True)
+    assert [c.label for c in cases] == ["true positive", "missed opacity", "negative image"]
+    assert [c.anchor for c in cases] == [hit, attempt, negative_top]
+    without_negative = explanation_cases(
+        predictions[:2], detections[:2], truth[:2], cfg, skip_absent=True
+    )
+    assert [c.label for c in without_negative] == ["true positive", "missed opacity"]
+
+
 def test_explain_anchor_reads_the_anchors_own_pyramid_level():
     from retinanet_lib.anchors import anchor_level_ids
     from retinanet_lib.model import build_retinanet
