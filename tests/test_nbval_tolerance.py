@@ -4,10 +4,13 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from .nbval_tolerance import last_digit_unit, numbers_agree
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -69,23 +72,33 @@ def test_nbval_applies_the_tolerance_and_nothing_more(tmp_path):
     fails."""
     (tmp_path / "conftest.py").write_text(
         textwrap.dedent(
-            """
+            f"""
             import sys
-            sys.path.insert(0, %r)
+            sys.path.insert(0, {str(ROOT)!r})
             from tests.nbval_tolerance import install
 
             def pytest_configure(config):
                 install()
             """
-            % str(__import__("pathlib").Path(__file__).resolve().parent.parent)
         )
     )
     code = 'print("image BCE", round(0.7064, 3))'
     (tmp_path / "close.ipynb").write_text(json.dumps(_notebook(code, "image BCE 0.707\n")))
     (tmp_path / "far.ipynb").write_text(json.dumps(_notebook(code, "image BCE 0.709\n")))
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "--nbval-current-env", "-p",
-         "no:cacheprovider", "-q", "-rA", "close.ipynb", "far.ipynb"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--nbval",
+            "--nbval-current-env",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rA",
+            "close.ipynb",
+            "far.ipynb",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
