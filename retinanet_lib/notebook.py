@@ -20,7 +20,7 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SourceCode", "glue", "library_versions", "setup_notebook", "show_source"]
+__all__ = ["SourceCode", "library_versions", "setup_notebook", "show_source"]
 
 #: Matplotlib settings of every chapter: modest dpi keeps the stored figures light.
 FIGURE_DPI = 72
@@ -154,31 +154,3 @@ def setup_notebook() -> None:
     pd.set_option("display.precision", TABLE_DECIMALS)
     pd.set_option("display.max_colwidth", TABLE_MAX_COLWIDTH)
     print(library_versions())
-
-
-#: Prefix of a glued value's MIME types when it is not displayed (myst-nb's convention).
-_GLUE_PREFIX = "application/papermill.record/"
-
-
-def glue(name: str, value: Any) -> None:
-    """Stores `value` in the cell's outputs under `name`, for the prose to quote it.
-
-    The book's markdown writes ``{glue:text}`name` `` (or ``{glue:text}`name:.2f` ``) where
-    a number comes from a cell whose output varies; Jupyter Book puts the value of the run it
-    renders there, so the prose cannot disagree with the cell. The value is not shown in the
-    notebook. This is myst-nb's `glue` (the same output format), without importing myst-nb,
-    which Colab does not have.
-
-    Args:
-        name: A name unique in the notebook.
-        value: A number (Python or NumPy scalar) or a string: its text form is what the
-            prose shows, formatted by the role's spec (e.g. `:.2f`).
-    """
-    from IPython.core.formatters import format_display_data
-    from IPython.display import display
-
-    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
-        value = value.item()  # a NumPy scalar's text is "np.float64(...)"; the prose wants 0.37
-    mimebundle, metadata = format_display_data(value)
-    metadata["scrapbook"] = {"name": name, "mime_prefix": _GLUE_PREFIX}
-    display({_GLUE_PREFIX + k: v for k, v in mimebundle.items()}, raw=True, metadata=metadata)
