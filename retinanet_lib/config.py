@@ -585,7 +585,7 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
     are cached in a file in the run folder. `"cpu"` keeps the anchors,
     matching and loss but uses a 256 px input, the small backbone trained from scratch, a
     64-wide FPN, heads with one hidden convolution, and Adam (30 epochs, rate 1e-3 then 1e-4),
-    so it trains in about two and a half minutes on 2 CPU cores. The CPU default's schedule,
+    so it trains in about 4 to 10 minutes on 2 CPU cores. The CPU default's schedule,
     30 epochs with the drop after epoch 22, came out of a measured ablation (the results page,
     `retinanet_lib/results/recipe.csv`).
     """
