@@ -178,3 +178,17 @@ def test_notebook_markdown_renders_in_colab_and_jupyterlab(path):
         for item in myst_only_syntax(cell.source)
     ]
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_printed_lines_fit_the_rendered_column(path):
+    """A printed line longer than the column scrolls sideways in the book at 1280 px."""
+    long = [
+        (index, line)
+        for index, cell in enumerate(code_cells(path))
+        for output in cell.get("outputs", [])
+        if output.output_type == "stream"
+        for line in output.text.splitlines()
+        if len(line) > MAX_LINE
+    ]
+    assert not long, f"{len(long)} printed lines over {MAX_LINE} characters: {long[:3]}"
