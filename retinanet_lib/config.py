@@ -161,6 +161,10 @@ class DataConfig:
         clahe_clip_limit: CLAHE contrast limit (OpenCV `clipLimit`).
         clahe_tile_grid: CLAHE tiles per side (OpenCV `tileGridSize`).
         validation_fraction: Share of patients held out for validation.
+        test_fraction: Share of patients held out as the labelled test split when the data
+            folder has no test labels (the Kaggle download: its stage-2 test images have
+            none). Drawn from the training labels by patient, after validation, with `seed`;
+            unused when `stage_2_test_labels.csv` exists (the synthetic set).
         horizontal_flip: Randomly mirror training images (boxes mirrored too).
         max_rotation_degrees: Training images are rotated by up to this angle either way.
         max_shift_fraction: ... and shifted by up to this fraction of the side.
@@ -184,6 +188,7 @@ class DataConfig:
     clahe_clip_limit: float = 2.0
     clahe_tile_grid: int = 8
     validation_fraction: float = 0.2
+    test_fraction: float = 0.1
     horizontal_flip: bool = True
     max_rotation_degrees: float = 5.0
     max_shift_fraction: float = 0.06
@@ -202,6 +207,10 @@ class DataConfig:
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must lie in (0, 1), got {self.validation_fraction}."
+            )
+        if not 0.0 <= self.test_fraction < 1.0 - self.validation_fraction:
+            raise ValueError(
+                f"test_fraction must lie in [0, 1 - validation_fraction), got {self.test_fraction}."
             )
         if not 0.0 <= self.max_rotation_degrees <= 45.0:
             raise ValueError("max_rotation_degrees must lie in [0, 45].")

@@ -3,32 +3,48 @@
 Two routes, both needing a Kaggle account that has accepted the competition rules at
 https://www.kaggle.com/c/rsna-pneumonia-detection-challenge/rules :
 
-* `kagglehub` (preinstalled on Colab; reads `KAGGLE_API_TOKEN`, `KAGGLE_USERNAME` +
-  `KAGGLE_KEY`, `~/.kaggle/kaggle.json`, and Colab secrets of those names);
+* `kagglehub` (version 0.4.3 or later, for `output_dir`; reads `KAGGLE_API_TOKEN`,
+  `KAGGLE_USERNAME` + `KAGGLE_KEY`, `~/.kaggle/kaggle.json`, and Colab secrets of those
+  names);
 * the `kaggle` command-line tool, which downloads a zip that `safe_extract_zip` unpacks.
 
 The data is also offered directly by RSNA (no Kaggle account): download it from the RSNA
 "Pneumonia Detection Challenge (2018)" page and point `$RETINANET_DATA_DIR` at the folder.
+
+`ensure_rsna_data` is the data step every chapter shares in full mode: it returns the folder
+when the files are there and downloads them once when they are not, so a folder on Google
+Drive serves every chapter and every Colab session.
 """
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import subprocess
 import zipfile
 from pathlib import Path
 
-from retinanet_lib.rsna import DATA_DIR_ENV, check_rsna_layout
+from retinanet_lib.rsna import DATA_DIR_ENV, RSNA_LAYOUT, check_rsna_layout
 
 __all__ = [
     "COMPETITION",
+    "DOWNLOAD_FREE_BYTES",
     "DataDownloadError",
+    "check_free_space",
     "download_rsna",
+    "ensure_rsna_data",
     "explain_download_failure",
     "safe_extract_zip",
 ]
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
+#: Free disk space the download needs in its folder: the archive (about 3.7 GB) and its
+#: extracted files (about as large: the DICOM files are JPEG-compressed already) lie side by
+#: side until the archive is deleted; the rest is margin.
+DOWNLOAD_FREE_BYTES = 8 * 10**9
+#: The first kagglehub release whose `competition_download` takes `output_dir`.
+KAGGLEHUB_MIN_VERSION = "0.4.3"
+_GB = 10**9
 RULES_URL = f"https://www.kaggle.com/c/{COMPETITION}/rules"
 _CREDENTIALS_HELP = (
     "Create an API token at https://www.kaggle.com/settings/api and either set "
@@ -107,13 +123,50 @@ def safe_extract_zip(zip_path: str | Path, target_dir: str | Path) -> list[Path]
     return [target / m.filename for m in members if not m.is_dir()]
 
 
+def check_free_space(folder: str | Path, needed_bytes: int | None = None) -> int:
+    """Checks that the disk holding `folder` (or its nearest existing parent) has room.
+
+    Args:
+        folder: Where the data will go.
+        needed_bytes: Free bytes required; `None` means `DOWNLOAD_FREE_BYTES`.
+
+    Returns:
+        The free bytes.
+
+    Raises:
+        DataDownloadError: Less than `needed_bytes` free; the message gives both sizes and
+            where to put the data instead.
+    """
+    needed_bytes = DOWNLOAD_FREE_BYTES if needed_bytes is None else needed_bytes
+    existing = Path(folder).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise DataDownloadError(
+            f"Not enough disk space for the RSNA data in {folder}: {free / _GB:.1f} GB free, "
+            f"{needed_bytes / _GB:.0f} GB needed while the archive is extracted. Free some "
+            f"space, or set ${DATA_DIR_ENV} to a folder on a bigger disk (in Colab, the "
+            "local disk /content, or Google Drive with that much room)."
+        )
+    return free
+
+
 def _download_with_kagglehub(target: Path) -> Path:
     try:
         import kagglehub
     except ImportError as error:
         raise DataDownloadError(
-            "kagglehub is not installed: `pip install kagglehub` (or use method='cli')."
+            f"kagglehub is not installed: `pip install 'kagglehub>={KAGGLEHUB_MIN_VERSION}'` "
+            "(or use method='cli')."
         ) from error
+    if "output_dir" not in inspect.signature(kagglehub.competition_download).parameters:
+        version = getattr(kagglehub, "__version__", "unknown")
+        raise DataDownloadError(
+            f"kagglehub {version} cannot download into a folder of your choice: "
+            f"`pip install -U 'kagglehub>={KAGGLEHUB_MIN_VERSION}'` (in Colab, then restart "
+            "the session), or use method='cli'."
+        )
     try:
         return Path(kagglehub.competition_download(COMPETITION, output_dir=str(target)))
     except Exception as error:  # kagglehub raises many types; all are explained
@@ -151,16 +204,51 @@ def download_rsna(target_dir: str | Path, method: str = "kagglehub") -> Path:
         The folder holding `stage_2_train_images/` etc.
 
     Raises:
-        DataDownloadError: Missing credentials, unaccepted rules, no network, or an incomplete
-            download; the message says what to do.
+        DataDownloadError: Missing credentials, unaccepted rules, no network, too little disk
+            space, or an incomplete download; the message says what to do.
     """
     if method not in ("kagglehub", "cli"):
         raise ValueError(f"method must be 'kagglehub' or 'cli', got {method!r}.")
     target = Path(target_dir)
     if not check_rsna_layout(target):
         return target  # already complete
+    check_free_space(target)
     root = _download_with_kagglehub(target) if method == "kagglehub" else _download_with_cli(target)
     missing = check_rsna_layout(root)
     if missing:
         raise DataDownloadError(f"The download in {root} is incomplete; missing: {missing}.")
     return root
+
+
+def ensure_rsna_data(root: str | Path, method: str = "kagglehub", announce: bool = True) -> Path:
+    """The real RSNA folder under `root`, downloaded from Kaggle on first use.
+
+    The files are looked for in `root` itself, then in `root/rsna/`. When neither holds them,
+    they are downloaded once into `root/rsna/` (or into `root` when it already holds part of
+    the RSNA files); every later call, from any chapter or session that sees the same `root`
+    (a Google Drive folder in Colab), finds them and downloads nothing.
+
+    Args:
+        root: The data folder (`$RETINANET_DATA_DIR` in the chapters).
+        method: `"kagglehub"` or `"cli"`, as in `download_rsna`.
+        announce: Print where the download goes and how large it is before it starts.
+
+    Returns:
+        The folder holding `stage_2_train_images/` etc.
+
+    Raises:
+        DataDownloadError: As `download_rsna`: no credentials, rules not accepted, offline,
+            too little disk space, or an incomplete download.
+    """
+    root = Path(root).expanduser()
+    for folder in (root, root / "rsna"):
+        if not check_rsna_layout(folder):
+            return folder
+    holds_part = any((root / entry.rstrip("/")).exists() for entry in RSNA_LAYOUT)
+    target = root if holds_part else root / "rsna"
+    if announce:
+        print(
+            f"The RSNA data is not in {root}: downloading it from Kaggle into {target} "
+            "(about 3.7 GB, once; every chapter reuses it)."
+        )
+    return download_rsna(target, method=method)

@@ -27,6 +27,7 @@ __all__ = [
     "load_rsna_labels",
     "require_rsna_layout",
     "split_patients",
+    "split_patients_with_test",
 ]
 
 #: Environment variable naming the folder that holds the RSNA files (real or synthetic).
@@ -213,13 +214,47 @@ def split_patients(
     Returns:
         `(train_ids, validation_ids)`, disjoint, each sorted in CSV order.
     """
+    train, validation, _ = split_patients_with_test(labels, validation_fraction, 0.0, seed)
+    return train, validation
+
+
+def split_patients_with_test(
+    labels: RsnaLabels, validation_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[str], list[str], list[str]]:
+    """Splits patients into train, validation and test, stratified by positive/negative.
+
+    Each stratum (patients with and without a box) is shuffled once with `seed`; its first
+    `round(n * validation_fraction)` patients go to validation, the next
+    `round(n * test_fraction)` to test. With `test_fraction=0` the validation patients are
+    exactly those of `split_patients` with the same seed.
+
+    Args:
+        labels: Parsed labels.
+        validation_fraction: Share of patients in the validation split, in (0, 1).
+        test_fraction: Share of patients in the test split, in [0, 1); the two shares
+            together stay below 1.
+        seed: Shuffling seed.
+
+    Returns:
+        `(train_ids, validation_ids, test_ids)`, disjoint, each sorted in CSV order.
+    """
     if not 0.0 < validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must lie in (0, 1), got {validation_fraction}.")
+    if not 0.0 <= test_fraction < 1.0 - validation_fraction:
+        raise ValueError(
+            f"test_fraction must lie in [0, 1 - validation_fraction), got {test_fraction} "
+            f"with validation_fraction {validation_fraction}."
+        )
     ids = np.asarray(labels.patient_ids)
     positive = np.array([len(labels.boxes_xywh[pid]) > 0 for pid in ids], bool)
     rng = np.random.default_rng(seed)
     validation = np.zeros(len(ids), bool)
+    test = np.zeros(len(ids), bool)
     for group in (np.flatnonzero(positive), np.flatnonzero(~positive)):
-        count = int(round(len(group) * validation_fraction))
-        validation[rng.permutation(group)[:count]] = True
-    return ids[~validation].tolist(), ids[validation].tolist()
+        shuffled = rng.permutation(group)
+        to_validation = int(round(len(group) * validation_fraction))
+        to_test = int(round(len(group) * test_fraction))
+        validation[shuffled[:to_validation]] = True
+        test[shuffled[to_validation : to_validation + to_test]] = True
+    train = ~validation & ~test
+    return ids[train].tolist(), ids[validation].tolist(), ids[test].tolist()

@@ -3,10 +3,12 @@
 * **train**: the patients the model learns from;
 * **validation**: patients held out of training, used to pick the checkpoint, the score
   threshold and the recipe;
-* **test**: images used only for final numbers. The synthetic set labels its
-  `stage_2_test_images/` (`stage_2_test_labels.csv`, drawn from its own generator seed); the
-  Kaggle download has no test labels, so in the full setup `test` is `None` and the test
-  images are only predicted (the Kaggle submission).
+* **test**: labelled images used only for final numbers. The synthetic set labels its
+  `stage_2_test_images/` (`stage_2_test_labels.csv`, drawn from its own generator seed). The
+  Kaggle download has no test labels, so there the test split is held out of the training
+  labels, by patient (`DataConfig.test_fraction`, 10 % of the patients, stratified like the
+  validation split), and the Kaggle test images are only predicted, for the submission
+  (`test_paths`).
 
 Example:
     >>> splits = load_splits("cpu", config_for_mode("cpu"))  # doctest: +SKIP
@@ -27,11 +29,9 @@ from retinanet_lib.rsna import (
     TEST_IMAGES,
     TEST_LABELS_FILE,
     RsnaLabels,
-    check_rsna_layout,
     data_root,
     load_rsna_labels,
-    require_rsna_layout,
-    split_patients,
+    split_patients_with_test,
 )
 from retinanet_lib.synthetic import ensure_synthetic_rsna
 
@@ -50,8 +50,9 @@ def prepare_data(mode: str, synthetic_cfg: SyntheticConfig | None = None) -> Pat
 
     * `"cpu"`: the synthetic set in `data_root() / "synthetic"`, generated on first use
       (about 15 s for 320 images) and reused afterwards.
-    * `"full"`: the real data at `$RETINANET_DATA_DIR` (or its `rsna/` subfolder); a clear
-      error says how to get it when it is not there.
+    * `"full"`: the real data at `$RETINANET_DATA_DIR` (or its `rsna/` subfolder),
+      downloaded from Kaggle into `rsna/` on first use (`download.ensure_rsna_data`); a clear
+      error says what to do when that cannot be done.
 
     Returns:
         A folder with the RSNA layout.
@@ -60,10 +61,9 @@ def prepare_data(mode: str, synthetic_cfg: SyntheticConfig | None = None) -> Pat
         return ensure_synthetic_rsna(data_root() / "synthetic", synthetic_cfg, progress=False)
     if mode != "full":
         raise ValueError(f"Unknown run mode {mode!r}; use 'cpu' or 'full'.")
-    root = data_root()
-    if check_rsna_layout(root) and not check_rsna_layout(root / "rsna"):
-        root = root / "rsna"
-    return require_rsna_layout(root)
+    from retinanet_lib.download import ensure_rsna_data
+
+    return ensure_rsna_data(data_root())
 
 
 #: The position-bias test set: as many images as the synthetic test split, drawn like it (same
@@ -120,8 +120,11 @@ class DataSplits:
         labels: Parsed training labels (with their rejected rows).
         train: Training records.
         validation: Validation records (patients disjoint from `train`).
-        test: Labelled test records, or `None` when the test images have no labels.
-        test_paths: Every test DICOM file, labelled or not (for prediction).
+        test: Labelled test records: the labelled test images, or, when the test images
+            have no labels, patients held out of the training labels.
+        test_paths: Every file in the test-image folder, labelled or not (for prediction and
+            the Kaggle submission).
+        test_held_out: Whether `test` was held out of the training labels.
     """
 
     root: Path
@@ -131,6 +134,7 @@ class DataSplits:
     validation: Records
     test: Records | None
     test_paths: list[str]
+    test_held_out: bool = False
 
     @property
     def data_name(self) -> str:
@@ -140,7 +144,8 @@ class DataSplits:
     def summary(self) -> pd.DataFrame:
         """Images and positive images per split."""
         rows = {}
-        named = {"train": self.train, "validation": self.validation, "test": self.test}
+        test_name = "test (held out of training)" if self.test_held_out else "test"
+        named = {"train": self.train, "validation": self.validation, test_name: self.test}
         for name, records in named.items():
             if records is not None:
                 positives = sum(len(boxes) > 0 for boxes in records.boxes_xywh)
@@ -154,7 +159,8 @@ def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = 
 
     Args:
         mode: `"cpu"` (synthetic data, generated on first use) or `"full"` (real data).
-        cfg: Detector config; `cfg.data.validation_fraction` and `cfg.data.seed` fix the
+        cfg: Detector config; `cfg.data.validation_fraction`, `cfg.data.test_fraction`
+            (used only when the folder has no test labels) and `cfg.data.seed` fix the
             patient split, identical for every training seed.
         data_root: An RSNA-layout folder to use instead of the mode's default.
 
@@ -166,9 +172,14 @@ def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = 
 
     root = require_rsna_layout(data_root) if data_root is not None else prepare_data(mode)
     labels = load_rsna_labels(root / LABELS_FILE)
-    train_ids, val_ids = split_patients(labels, cfg.data.validation_fraction, seed=cfg.data.seed)
-    test = None
-    if (root / TEST_LABELS_FILE).is_file():
+    held_out = not (root / TEST_LABELS_FILE).is_file()
+    test_fraction = cfg.data.test_fraction if held_out else 0.0
+    train_ids, val_ids, test_ids = split_patients_with_test(
+        labels, cfg.data.validation_fraction, test_fraction, seed=cfg.data.seed
+    )
+    if held_out:
+        test = make_records(root, labels, test_ids) if test_ids else None
+    else:
         test_labels = load_rsna_labels(root / TEST_LABELS_FILE)
         test = make_records(root, test_labels, test_labels.patient_ids, folder=TEST_IMAGES)
     return DataSplits(
@@ -179,4 +190,5 @@ def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = 
         validation=make_records(root, labels, val_ids),
         test=test,
         test_paths=sorted(str(p) for p in (root / TEST_IMAGES).glob("*.dcm")),
+        test_held_out=held_out and test is not None,
     )

@@ -1,16 +1,29 @@
 import os
+import shutil
 import stat
+import sys
+import types
 import zipfile
+from pathlib import Path
 
 import pytest
 
+from retinanet_lib import download
+from retinanet_lib.config import SyntheticConfig
 from retinanet_lib.download import (
+    COMPETITION,
     RULES_URL,
     DataDownloadError,
+    check_free_space,
     download_rsna,
+    ensure_rsna_data,
     explain_download_failure,
     safe_extract_zip,
 )
+from retinanet_lib.rsna import check_rsna_layout
+from retinanet_lib.synthetic import write_synthetic_rsna
+
+TINY = SyntheticConfig(num_train=2, num_test=1, image_size=64)
 
 
 def make_zip(path, members: dict[str, str]):
@@ -84,3 +97,79 @@ def test_download_offline_or_without_credentials_fails_clearly(tmp_path, monkeyp
 def test_unknown_method_raises(tmp_path):
     with pytest.raises(ValueError, match="method"):
         download_rsna(tmp_path, method="torrent")
+
+
+def _fake_kagglehub(monkeypatch, competition_download):
+    module = types.ModuleType("kagglehub")
+    module.__version__ = "0.3.13"
+    module.competition_download = competition_download
+    monkeypatch.setitem(sys.modules, "kagglehub", module)
+
+
+def test_too_little_disk_space_is_refused_with_both_sizes(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(DataDownloadError) as caught:
+        check_free_space(tmp_path / "not" / "made" / "yet", needed_bytes=free * 2)
+    message = str(caught.value)
+    assert f"{free / 1e9:.1f} GB free" in message and "RETINANET_DATA_DIR" in message
+    assert check_free_space(tmp_path / "not" / "made" / "yet", needed_bytes=1) == pytest.approx(
+        free, rel=0.01
+    )
+
+
+def test_download_checks_disk_space_before_any_network_call(tmp_path, monkeypatch):
+    calls = []
+    _fake_kagglehub(monkeypatch, lambda handle, path=None, *, output_dir=None: calls.append(1))
+    monkeypatch.setattr(download, "DOWNLOAD_FREE_BYTES", 10**18)  # an exabyte: never free
+    with pytest.raises(DataDownloadError, match="Not enough disk space"):
+        download_rsna(tmp_path / "data")
+    assert calls == []
+
+
+def test_a_kagglehub_without_output_dir_is_a_clear_error(tmp_path, monkeypatch):
+    _fake_kagglehub(monkeypatch, lambda handle, path=None, *, force_download=False: "/x")
+    with pytest.raises(DataDownloadError, match=r"kagglehub 0\.3\.13 .*kagglehub>=0\.4\.3"):
+        download_rsna(tmp_path / "data")
+
+
+def test_the_data_step_downloads_once_into_rsna_and_then_reuses_it(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(handle, path=None, *, force_download=False, output_dir=None):
+        calls.append((handle, output_dir))
+        write_synthetic_rsna(output_dir, TINY, progress=False)
+        return output_dir
+
+    _fake_kagglehub(monkeypatch, fake_download)
+    first = ensure_rsna_data(tmp_path, announce=False)
+    assert first == tmp_path / "rsna" and check_rsna_layout(first) == []
+    assert calls == [(COMPETITION, str(tmp_path / "rsna"))]
+    # Another chapter, or another session on the same Drive folder: nothing is downloaded.
+    assert ensure_rsna_data(tmp_path, announce=False) == first
+    assert ensure_rsna_data(tmp_path / "rsna", announce=False) == first
+    assert len(calls) == 1
+
+
+def test_the_data_step_finishes_a_partial_folder_in_place(tmp_path, monkeypatch):
+    (tmp_path / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\n")
+    targets = []
+
+    def fake_download(handle, path=None, *, force_download=False, output_dir=None):
+        targets.append(output_dir)
+        write_synthetic_rsna(output_dir, TINY, progress=False)
+        return output_dir
+
+    _fake_kagglehub(monkeypatch, fake_download)
+    assert ensure_rsna_data(tmp_path, announce=False) == tmp_path
+    assert targets == [str(tmp_path)]
+
+
+def test_an_incomplete_download_names_what_is_missing(tmp_path, monkeypatch):
+    def fake_download(handle, path=None, *, force_download=False, output_dir=None):
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "stage_2_train_labels.csv").write_text("patientId\n")
+        return output_dir
+
+    _fake_kagglehub(monkeypatch, fake_download)
+    with pytest.raises(DataDownloadError, match="incomplete.*stage_2_train_images"):
+        ensure_rsna_data(tmp_path, announce=False)

@@ -8,6 +8,7 @@ from retinanet_lib.rsna import (
     load_rsna_labels,
     require_rsna_layout,
     split_patients,
+    split_patients_with_test,
 )
 
 HEADER = "patientId,x,y,width,height,Target\n"
@@ -114,6 +115,39 @@ def test_split_is_by_patient_stratified_and_deterministic(tmp_path):
         split_patients(labels, 1.0, seed=0)
 
 
+def _validation_by_hand(labels, validation_fraction, seed):
+    """The split written out plainly: shuffle each stratum once, take its first share."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    ids = list(labels.patient_ids)
+    for want_positive in (True, False):
+        group = [i for i, p in enumerate(ids) if (len(labels.boxes_xywh[p]) > 0) == want_positive]
+        order = rng.permutation(np.array(group))
+        chosen += [ids[i] for i in order[: int(round(len(group) * validation_fraction))]]
+    return sorted(chosen, key=ids.index)
+
+
+def test_three_way_split_counts_by_hand_and_keeps_the_two_way_validation(tmp_path):
+    rows = "".join(f"neg{i},,,,,0\n" for i in range(80))
+    rows += "".join(f"pos{i},10,10,20,20,1\npos{i},50,50,20,20,1\n" for i in range(20))
+    labels = load_rsna_labels(write_csv(tmp_path, rows))
+    train, val, test = split_patients_with_test(labels, 0.25, 0.1, seed=3)
+    # 20 positive patients: 5 to validation, 2 to test; 80 negative ones: 20 and 8.
+    assert sum(p.startswith("pos") for p in val) == 5 and len(val) == 25
+    assert sum(p.startswith("pos") for p in test) == 2 and len(test) == 10
+    assert len(train) == 65 and not (set(train) & set(val) | set(train) & set(test))
+    assert not set(val) & set(test)
+    assert val == _validation_by_hand(labels, 0.25, seed=3)
+    assert split_patients(labels, 0.25, seed=3) == (
+        sorted(set(train) | set(test), key=list(labels.patient_ids).index),
+        val,
+    )
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_patients_with_test(labels, 0.5, 0.5, seed=0)
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_patients_with_test(labels, 0.2, -0.1, seed=0)
+
+
 def test_layout_check_names_what_is_missing(tmp_path):
     missing = check_rsna_layout(tmp_path)
     assert len(missing) == 4
@@ -135,13 +169,23 @@ def test_data_root_reads_the_environment(monkeypatch, tmp_path):
 
 def test_prepare_data_cpu_generates_once_and_full_explains(monkeypatch, tmp_path):
     from retinanet_lib.config import SyntheticConfig
+    from retinanet_lib.download import DataDownloadError
     from retinanet_lib.splits import prepare_data
 
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
     small = SyntheticConfig(num_train=3, num_test=1, image_size=128)
     root = prepare_data("cpu", small)
     assert root == tmp_path / "synthetic" and check_rsna_layout(root) == []
-    with pytest.raises(FileNotFoundError, match="download_rsna.py"):
+    # Full mode with no RSNA files tries the download; here (no credentials, no internet)
+    # it fails with what to do, and leaves no half-made data folder behind.
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "no-kaggle-config"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DataDownloadError) as caught:
         prepare_data("full")
+    hints = ("KAGGLE_API_TOKEN", DATA_DIR_ENV, "rules")
+    assert any(hint in str(caught.value) for hint in hints)
+    assert check_rsna_layout(tmp_path / "rsna")
     with pytest.raises(ValueError, match="run mode"):
         prepare_data("gpu")

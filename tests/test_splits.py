@@ -32,12 +32,41 @@ def test_three_disjoint_splits_with_labelled_test_images(tmp_path):
     )
 
 
-def test_without_test_labels_there_is_no_test_split(tmp_path):
+def test_without_test_labels_the_test_split_is_held_out_of_training_by_patient(tmp_path):
+    """The Kaggle layout: stage-2 test images without labels."""
     write_synthetic_rsna(tmp_path, SMALL, progress=False)
+    labelled = load_splits("cpu", config_for_mode("cpu"), data_root=tmp_path)
     (tmp_path / TEST_LABELS_FILE).unlink()
     (tmp_path / "synthetic_manifest.json").unlink()
-    splits = load_splits("full", config_for_mode("cpu"), data_root=tmp_path)
-    assert splits.test is None and not splits.synthetic and splits.data_name == "real RSNA"
+    cfg = config_for_mode("full")
+    splits = load_splits("full", cfg, data_root=tmp_path)
+    assert not splits.synthetic and splits.data_name == "real RSNA" and splits.test_held_out
+    labels = splits.labels
+    positive = [len(labels.boxes_xywh[pid]) > 0 for pid in labels.patient_ids]
+    per_stratum = (sum(positive), len(positive) - sum(positive))
+    expected_test = sum(round(n * cfg.data.test_fraction) for n in per_stratum)
+    expected_val = sum(round(n * cfg.data.validation_fraction) for n in per_stratum)
+    assert (len(splits.test), len(splits.validation)) == (expected_test, expected_val)
+    assert len(splits.train) + expected_val + expected_test == 20
+    groups = [set(s.paths) for s in (splits.train, splits.validation, splits.test)]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert all("/stage_2_train_images/" in path for path in splits.test.paths)
+    test_positives = sum(len(boxes) > 0 for boxes in splits.test.boxes_xywh)
+    assert test_positives == round(per_stratum[0] * cfg.data.test_fraction)
+    # The validation patients are those of the split without a test part.
+    assert splits.validation.paths == labelled.validation.paths
+    # The Kaggle test images are still there to predict, for the submission.
     assert len(splits.test_paths) == 8
+    table = splits.summary()
+    assert list(table.index) == ["train", "validation", "test (held out of training)"]
+
+
+def test_a_zero_test_fraction_leaves_no_test_split(tmp_path):
+    write_synthetic_rsna(tmp_path, SMALL, progress=False)
+    (tmp_path / TEST_LABELS_FILE).unlink()
+    cfg = config_for_mode("cpu")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_fraction=0.0))
+    splits = load_splits("cpu", cfg, data_root=tmp_path)
+    assert splits.test is None and not splits.test_held_out
     assert list(splits.summary().index) == ["train", "validation"]
     assert isinstance(splits.summary(), pd.DataFrame)
