@@ -54,7 +54,7 @@ from retinanet_lib.pipeline import (
     make_dataset,
     num_batches,
 )
-from retinanet_lib.rejects import RejectLog
+from retinanet_lib.rejects import REJECTS_FILE, RejectLog
 
 __all__ = [
     "BEST_WEIGHTS",
@@ -71,6 +71,7 @@ __all__ = [
     "StopOnNaN",
     "TrainResult",
     "default_strategy",
+    "finished_run",
     "fit_retinanet",
     "learning_rate_schedule",
     "check_mixed_precision",
@@ -336,6 +337,52 @@ def _deduplicate_history(workdir: Path) -> pd.DataFrame:
     return history
 
 
+def _check_same_config(workdir: Path, cfg: RetinaNetConfig) -> None:
+    """Raises `RunMismatchError` unless `workdir/config.json` is `cfg` (epochs aside)."""
+    saved = RetinaNetConfig.from_dict(json.loads((workdir / CONFIG_FILE).read_text()))
+    more_epochs = dataclasses.replace(saved.train, epochs=cfg.train.epochs)
+    if dataclasses.replace(saved, train=more_epochs) != cfg:  # only epochs may change
+        raise RunMismatchError(
+            f"{workdir} holds a run of another config; pick another folder, or pass "
+            "overwrite=True (train.py --overwrite) to replace it."
+        )
+
+
+def finished_run(workdir: str | Path, cfg: RetinaNetConfig) -> TrainResult | None:
+    """A finished run of `cfg` in `workdir`, read back from its files without training.
+
+    Args:
+        workdir: The run folder.
+        cfg: The config the run must have been trained with (epochs may be fewer than the
+            run's).
+
+    Returns:
+        The model with the run's best weights, the history of all its epochs and its
+        skipped files (`seconds` is 0: nothing was trained); `None` when the folder holds no
+        run that finished at least `cfg.train.epochs` epochs.
+
+    Raises:
+        RunMismatchError: If the folder holds a run of another config.
+    """
+    workdir = Path(workdir)
+    run = read_run(workdir)
+    if run is None or not (workdir / CONFIG_FILE).is_file():
+        return None
+    _check_same_config(workdir, cfg)
+    if run["epochs"] < cfg.train.epochs or not (workdir / BEST_WEIGHTS).is_file():
+        return None
+    model, _ = load_trained_model(workdir)
+    history = _read_history(workdir)
+    logs = {k: history[k].tolist() for k in history.columns if k != "epoch"}
+    rejects_path = workdir / REJECTS_FILE
+    rejects = (
+        pd.read_csv(rejects_path)
+        if rejects_path.is_file()
+        else pd.DataFrame(columns=["file", "error"])
+    )
+    return TrainResult(model=model, history=logs, workdir=workdir, rejects=rejects)
+
+
 def _prepare_workdir(workdir: Path, cfg: RetinaNetConfig, overwrite: bool) -> None:
     """Refuses a finished or foreign run unless `overwrite`; writes `config.json`."""
     if overwrite:
@@ -347,13 +394,7 @@ def _prepare_workdir(workdir: Path, cfg: RetinaNetConfig, overwrite: bool) -> No
                 target.unlink()
     config_path = workdir / CONFIG_FILE
     if config_path.is_file():
-        saved = RetinaNetConfig.from_dict(json.loads(config_path.read_text()))
-        more_epochs = dataclasses.replace(saved.train, epochs=cfg.train.epochs)
-        if dataclasses.replace(saved, train=more_epochs) != cfg:  # only epochs may change
-            raise RunMismatchError(
-                f"{workdir} holds a run of another config; pick another folder, or pass "
-                "overwrite=True (train.py --overwrite) to replace it."
-            )
+        _check_same_config(workdir, cfg)
         finished = read_run(workdir)
         if finished is not None and finished["epochs"] >= cfg.train.epochs:
             raise RunFinishedError(
@@ -415,6 +456,7 @@ def fit_retinanet(
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     tensorboard: bool = True,
     overwrite: bool = False,
+    reuse_finished: bool = False,
 ) -> TrainResult:
     """Trains RetinaNet with `cfg.train` on ready-made datasets; resumes an interrupted run.
 
@@ -432,19 +474,27 @@ def fit_retinanet(
         extra_callbacks: More callbacks (e.g. `EpochPrinter`, `BadFileGuard`).
         tensorboard: Write TensorBoard logs to `workdir/logs`.
         overwrite: Delete an earlier run in `workdir` first.
+        reuse_finished: Return a finished run of `cfg` in `workdir` (`finished_run`)
+            instead of raising `RunFinishedError`: a notebook executed again after its
+            training finished reads the run back.
 
     Returns:
         The model with its best weights, the history and the folder.
 
     Raises:
-        RunFinishedError: If `workdir` holds a finished run of at least `cfg.train.epochs`.
+        RunFinishedError: If `workdir` holds a finished run of at least `cfg.train.epochs`
+            (and `reuse_finished` is false).
         RunMismatchError: If `workdir` holds a run of another config.
         NanLossError: If the loss becomes NaN or infinite.
         PrecisionNotSupportedError: If this machine cannot train in
             `cfg.train.mixed_precision`.
     """
-    check_mixed_precision(cfg.train.mixed_precision)
     workdir = Path(workdir)
+    if reuse_finished and not overwrite:
+        done = finished_run(workdir, cfg)
+        if done is not None:
+            return done
+    check_mixed_precision(cfg.train.mixed_precision)
     _prepare_workdir(workdir, cfg, overwrite)
     if steps_per_epoch is None:
         steps_per_epoch = int(train_dataset.cardinality())
@@ -529,6 +579,7 @@ def train_retinanet(
     extra_callbacks: list[keras.callbacks.Callback] | None = None,
     tensorboard: bool = True,
     overwrite: bool = False,
+    reuse_finished: bool = False,
 ) -> TrainResult:
     """Trains RetinaNet on records: the input pipeline, bad-file handling and `fit_retinanet`.
 
@@ -547,11 +598,18 @@ def train_retinanet(
         extra_callbacks: More callbacks.
         tensorboard: Write TensorBoard logs.
         overwrite: Delete an earlier run in `workdir` first.
+        reuse_finished: Return a finished run of `cfg` in `workdir` instead of raising
+            `RunFinishedError` (see `fit_retinanet`). An interrupted run always resumes
+            unless `overwrite`.
 
     Returns:
         The trained model (best weights), its history, the folder and the rejected files.
     """
     workdir = Path(workdir)
+    if reuse_finished and not overwrite:
+        done = finished_run(workdir, cfg)
+        if done is not None:
+            return done
     if overwrite and workdir.is_dir():  # before the disk cache is (re)created inside it
         _prepare_workdir(workdir, cfg, overwrite=True)
     rejects = RejectLog()

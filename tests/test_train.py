@@ -20,6 +20,7 @@ from retinanet_lib.train import (
     RunFolderBusyError,
     RunMismatchError,
     StopOnNaN,
+    finished_run,
     fit_retinanet,
     learning_rate_schedule,
     load_trained_model,
@@ -157,6 +158,56 @@ def test_finished_run_is_not_trained_again_unless_asked(tmp_path):
     )
     assert recorder.epochs == [0, 1, 2]
     assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+
+
+def test_a_notebook_run_again_reads_its_finished_run_back_or_resumes(tmp_path):
+    """Chapter 5 in full mode: executed again after a disconnect, or after training ended."""
+    keras.utils.set_random_seed(0)
+    train, val = tiny_datasets(TINY)
+    cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=3))
+    assert finished_run(tmp_path, cfg) is None  # nothing there yet
+    with pytest.raises(KeyboardInterrupt):  # the disconnect, after 2 of 3 epochs
+        fit_retinanet(
+            cfg,
+            train,
+            val,
+            tmp_path,
+            verbose=0,
+            tensorboard=False,
+            reuse_finished=True,
+            extra_callbacks=[interrupt_after_epoch(1)],
+        )
+    assert finished_run(tmp_path, cfg) is None  # interrupted: not finished
+    recorder = _EpochRecorder()
+    first = fit_retinanet(
+        cfg,
+        train,
+        val,
+        tmp_path,
+        verbose=0,
+        tensorboard=False,
+        reuse_finished=True,
+        extra_callbacks=[recorder],
+    )
+    assert recorder.epochs == [2]  # resumed, not restarted
+    recorder = _EpochRecorder()
+    again = fit_retinanet(
+        cfg,
+        train,
+        val,
+        tmp_path,
+        verbose=0,
+        tensorboard=False,
+        reuse_finished=True,
+        extra_callbacks=[recorder],
+    )
+    assert recorder.epochs == [] and again.seconds == 0.0  # read back, nothing trained
+    assert again.history == first.history and len(again.history["loss"]) == 3
+    images = next(iter(val))[0]
+    np.testing.assert_allclose(again.model(images), first.model(images), rtol=1e-5, atol=1e-5)
+    other = dataclasses.replace(cfg, image_size=32)
+    with pytest.raises(RunMismatchError):
+        finished_run(tmp_path, other)
 
 
 def test_a_run_folder_in_use_by_another_process_is_refused(tmp_path):
