@@ -2,7 +2,10 @@
 only inside Colab."""
 
 import ast
+import os
 import re
+import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -55,3 +58,42 @@ def test_install_line_is_guarded_and_points_at_this_repo(path):
     namespace: dict = {}
     exec("import sys\nIN_COLAB = 'google.colab' in sys.modules", namespace)
     assert namespace["IN_COLAB"] is False
+
+
+def _install_cell(path):
+    notebook = nbformat.read(path, as_version=4)
+    return next(c.source for c in notebook.cells if "%pip install" in c.source)
+
+
+def test_every_chapter_has_the_same_install_cell():
+    """A reader sets FULL = True in each chapter; the cell must read the same in all."""
+    cells = {path.name: _install_cell(path) for path in CHAPTERS}
+    assert len(set(cells.values())) == 1, sorted(cells)
+
+
+def test_the_full_data_block_does_nothing_unless_asked_in_colab(monkeypatch):
+    source = _install_cell(CHAPTERS[0])
+    install = next(line for line in source.splitlines() if "%pip install" in line)
+    assert '"retinanet-lib[kaggle] @ git+' in install  # kagglehub, new enough for output_dir
+    runnable = source.replace(install, "    pass")
+    for name in ("RETINANET_MODE", "RETINANET_DATA_DIR"):
+        monkeypatch.setenv(name, "recorded")  # so that monkeypatch restores what was there
+        monkeypatch.delenv(name)
+    namespace: dict = {}
+    exec(runnable, namespace)  # here: not Colab, FULL False
+    assert namespace["FULL"] is False and namespace["IN_COLAB"] is False
+    assert "RETINANET_MODE" not in os.environ and "RETINANET_DATA_DIR" not in os.environ
+    # In Colab with FULL = True: Drive is mounted and both variables point at it.
+    mounted = []
+    google = types.ModuleType("google")
+    colab = types.ModuleType("google.colab")
+    colab.drive = types.SimpleNamespace(mount=mounted.append)
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    namespace = {}
+    exec(runnable.replace("FULL = False", "FULL = True"), namespace)
+    assert mounted == ["/content/drive"]
+    assert os.environ["RETINANET_MODE"] == "full"
+    assert os.environ["RETINANET_DATA_DIR"] == namespace["DRIVE_FOLDER"]
+    assert namespace["DRIVE_FOLDER"].startswith("/content/drive/")

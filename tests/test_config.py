@@ -142,3 +142,12 @@ def test_replace_section_changes_one_section_only():
     assert cfg.train.epochs != 3  # the original is left alone
     with pytest.raises(TypeError):
         replace_section(cfg, "train", no_such_field=1)
+
+
+@pytest.mark.parametrize("test_fraction", [-0.1, 0.8, 0.9])
+def test_the_held_out_test_share_must_leave_training_patients(test_fraction):
+    from retinanet_lib.config import DataConfig
+
+    with pytest.raises(ValueError, match="test_fraction"):
+        DataConfig(validation_fraction=0.2, test_fraction=test_fraction)
+    assert DataConfig(validation_fraction=0.2, test_fraction=0.79).test_fraction == 0.79
