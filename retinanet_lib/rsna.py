@@ -79,7 +79,8 @@ def require_rsna_layout(root: str | Path) -> Path:
     if missing:
         raise FileNotFoundError(
             f"{root} is not a complete RSNA pneumonia data folder; missing: {', '.join(missing)}. "
-            "Download it with `python data_scripts/download_rsna.py` (Kaggle), or point "
+            "Download it with `retinanet_lib.download.ensure_rsna_data(folder)` (what full "
+            "mode does in the chapters) or `python data_scripts/download_rsna.py`, or point "
             f"${DATA_DIR_ENV} at a folder that has these files, or generate the synthetic stand-in "
             "with `python data_scripts/make_synthetic_rsna.py`."
         )
