@@ -18,7 +18,9 @@ Drive serves every chapter and every Colab session.
 
 from __future__ import annotations
 
+import errno
 import inspect
+import os
 import shutil
 import subprocess
 import zipfile
@@ -44,6 +46,10 @@ COMPETITION = "rsna-pneumonia-detection-challenge"
 DOWNLOAD_FREE_BYTES = 8 * 10**9
 #: The first kagglehub release whose `competition_download` takes `output_dir`.
 KAGGLEHUB_MIN_VERSION = "0.4.3"
+#: Appended to a target folder's name for the folder a download is staged in.
+STAGING_SUFFIX = ".partial"
+#: Where Colab mounts Google Drive.
+COLAB_DRIVE_MOUNT = "/content/drive"
 _GB = 10**9
 RULES_URL = f"https://www.kaggle.com/c/{COMPETITION}/rules"
 _CREDENTIALS_HELP = (
@@ -72,6 +78,12 @@ def explain_download_failure(error: BaseException) -> str:
         return (
             f"Kaggle refused the download ({text}). Accept the competition rules first at "
             f"{RULES_URL} (same account as your token), then retry."
+        )
+    if "no space left" in lowered or getattr(error, "errno", None) == errno.ENOSPC:
+        return (
+            f"The disk filled up during the download ({text}). Free space (the download "
+            f"needs {DOWNLOAD_FREE_BYTES / _GB:.0f} GB), or set ${DATA_DIR_ENV} to a folder "
+            "on a bigger disk, then run the same step again: it starts afresh."
         )
     network_words = (
         "name or service not known",
@@ -196,37 +208,71 @@ def _download_with_cli(target: Path) -> Path:
 def download_rsna(target_dir: str | Path, method: str = "kagglehub") -> Path:
     """Downloads the RSNA pneumonia data and checks its layout.
 
+    The files are downloaded into a staging folder next to the target (`<target>.partial`),
+    and the staging folder becomes the target only once it holds every RSNA file. So an
+    interrupted download never leaves a target that looks complete, and the next call starts
+    the staging folder afresh.
+
     Args:
-        target_dir: Folder to put the files in.
+        target_dir: Folder to put the files in; it must be absent, empty or complete.
         method: `"kagglehub"` or `"cli"` (the `kaggle` command).
 
     Returns:
-        The folder holding `stage_2_train_images/` etc.
+        The folder holding `stage_2_train_images/` etc.: `target_dir`, or the folder kagglehub
+        chose where it does not honour `output_dir` (inside Kaggle's own notebooks).
 
     Raises:
         DataDownloadError: Missing credentials, unaccepted rules, no network, too little disk
-            space, or an incomplete download; the message says what to do.
+            space, a target folder that holds other files, or an incomplete download; the
+            message says what to do.
     """
     if method not in ("kagglehub", "cli"):
         raise ValueError(f"method must be 'kagglehub' or 'cli', got {method!r}.")
-    target = Path(target_dir)
+    target = Path(target_dir).expanduser()
     if not check_rsna_layout(target):
         return target  # already complete
+    if target.is_dir() and any(target.iterdir()):
+        raise DataDownloadError(
+            f"{target} holds files but not the complete RSNA data (missing: "
+            f"{', '.join(check_rsna_layout(target))}). Delete the folder or empty it to "
+            "download there, or complete it by hand."
+        )
     check_free_space(target)
-    root = _download_with_kagglehub(target) if method == "kagglehub" else _download_with_cli(target)
+    staging = target.with_name(target.name + STAGING_SUFFIX)
+    if staging.exists():
+        shutil.rmtree(staging)  # an earlier, interrupted download
+    if method == "kagglehub":
+        root = _download_with_kagglehub(staging)
+    else:
+        root = _download_with_cli(staging)
     missing = check_rsna_layout(root)
     if missing:
-        raise DataDownloadError(f"The download in {root} is incomplete; missing: {missing}.")
-    return root
+        raise DataDownloadError(
+            f"The download in {root} is incomplete; missing: {missing}. Run the same step "
+            "again: it starts afresh."
+        )
+    if root.resolve() != staging.resolve():
+        return root  # kagglehub put the files elsewhere
+    if target.is_dir():
+        target.rmdir()  # empty, checked above
+    staging.rename(target)
+    return target
+
+
+def _drive_not_mounted(root: Path) -> bool:
+    """Whether `root` lies under Colab's Google Drive mount point while nothing is mounted."""
+    drive = Path(COLAB_DRIVE_MOUNT)
+    return root.is_relative_to(drive) and not os.path.ismount(drive)
 
 
 def ensure_rsna_data(root: str | Path, method: str = "kagglehub", announce: bool = True) -> Path:
     """The real RSNA folder under `root`, downloaded from Kaggle on first use.
 
     The files are looked for in `root` itself, then in `root/rsna/`. When neither holds them,
-    they are downloaded once into `root/rsna/` (or into `root` when it already holds part of
-    the RSNA files); every later call, from any chapter or session that sees the same `root`
-    (a Google Drive folder in Colab), finds them and downloads nothing.
+    they are downloaded once into `root/rsna/`; every later call, from any chapter or session
+    that sees the same `root` (a Google Drive folder in Colab), finds them and downloads
+    nothing. A `root` that holds part of the RSNA files is not downloaded into: the error
+    names what is missing.
 
     Args:
         root: The data folder (`$RETINANET_DATA_DIR` in the chapters).
@@ -237,18 +283,61 @@ def ensure_rsna_data(root: str | Path, method: str = "kagglehub", announce: bool
         The folder holding `stage_2_train_images/` etc.
 
     Raises:
-        DataDownloadError: As `download_rsna`: no credentials, rules not accepted, offline,
-            too little disk space, or an incomplete download.
+        DataDownloadError: As `download_rsna`, and for a `root` on Google Drive while Drive is
+            not mounted, or a `root` that holds part of the RSNA files.
     """
     root = Path(root).expanduser()
     for folder in (root, root / "rsna"):
         if not check_rsna_layout(folder):
             return folder
-    holds_part = any((root / entry.rstrip("/")).exists() for entry in RSNA_LAYOUT)
-    target = root if holds_part else root / "rsna"
+    if _drive_not_mounted(root):
+        raise DataDownloadError(
+            f"{root} is on Google Drive, but Drive is not mounted. Run the chapter's first "
+            "cell with FULL = True (it mounts Drive), or mount it yourself: "
+            f"`from google.colab import drive; drive.mount({COLAB_DRIVE_MOUNT!r})`."
+        )
+    present = [entry for entry in RSNA_LAYOUT if (root / entry.rstrip("/")).exists()]
+    if present:
+        raise DataDownloadError(
+            f"{root} holds part of the RSNA files ({', '.join(present)}) but not all "
+            f"(missing: {', '.join(check_rsna_layout(root))}). Complete the folder, delete "
+            f"those files to download the data into {root / 'rsna'}, or set ${DATA_DIR_ENV} "
+            "to another folder."
+        )
+    target = root / "rsna"
     if announce:
         print(
             f"The RSNA data is not in {root}: downloading it from Kaggle into {target} "
             "(about 3.7 GB, once; every chapter reuses it)."
         )
+    _credentials_from_colab_secrets()
     return download_rsna(target, method=method)
+
+
+def _credentials_from_colab_secrets() -> list[str]:
+    """Copies Colab secrets named like Kaggle's variables into the environment.
+
+    kagglehub reads Colab secrets itself, but stops at the first one missing: with only
+    `KAGGLE_USERNAME` and `KAGGLE_KEY` (a `kaggle.json` token), it finds no credentials.
+    Reading each secret on its own lets both kinds of token work. A variable already set is
+    kept; outside Colab nothing happens.
+
+    Returns:
+        The variables set.
+    """
+    try:
+        from google.colab import userdata
+    except ImportError:
+        return []
+    copied = []
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        if os.environ.get(name):
+            continue
+        try:
+            value = (userdata.get(name) or "").strip()
+        except Exception:  # a missing secret, or notebook access not granted
+            continue
+        if value:
+            os.environ[name] = value
+            copied.append(name)
+    return copied

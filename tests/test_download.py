@@ -1,3 +1,4 @@
+import errno
 import os
 import shutil
 import stat
@@ -74,6 +75,7 @@ def test_bad_archive_is_a_clear_error(tmp_path):
         (RuntimeError("UnauthenticatedError: User is not authenticated"), "KAGGLE_API_TOKEN"),
         (RuntimeError("403 Client Error: Forbidden"), RULES_URL),
         (OSError("[Errno -2] Name or service not known"), "RETINANET_DATA_DIR"),
+        (OSError(errno.ENOSPC, "No space left on device"), "The disk filled up"),
     ],
 )
 def test_failures_are_explained_with_the_fix(error, expected):
@@ -143,25 +145,87 @@ def test_the_data_step_downloads_once_into_rsna_and_then_reuses_it(tmp_path, mon
     _fake_kagglehub(monkeypatch, fake_download)
     first = ensure_rsna_data(tmp_path, announce=False)
     assert first == tmp_path / "rsna" and check_rsna_layout(first) == []
-    assert calls == [(COMPETITION, str(tmp_path / "rsna"))]
+    assert calls == [(COMPETITION, str(tmp_path / "rsna.partial"))]  # staged, then renamed
+    assert not (tmp_path / "rsna.partial").exists()
     # Another chapter, or another session on the same Drive folder: nothing is downloaded.
     assert ensure_rsna_data(tmp_path, announce=False) == first
     assert ensure_rsna_data(tmp_path / "rsna", announce=False) == first
     assert len(calls) == 1
 
 
-def test_the_data_step_finishes_a_partial_folder_in_place(tmp_path, monkeypatch):
+def test_a_folder_with_part_of_the_files_is_not_downloaded_into(tmp_path, monkeypatch):
     (tmp_path / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\n")
-    targets = []
+    _fake_kagglehub(monkeypatch, lambda *a, **k: pytest.fail("must not download"))
+    with pytest.raises(DataDownloadError, match="holds part of the RSNA files") as caught:
+        ensure_rsna_data(tmp_path, announce=False)
+    assert "stage_2_train_images/" in str(caught.value)  # what is missing
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(DataDownloadError, match="holds files but not the complete"):
+        download_rsna(tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
-    def fake_download(handle, path=None, *, force_download=False, output_dir=None):
-        targets.append(output_dir)
+
+def test_an_interrupted_download_leaves_no_data_folder_and_the_next_one_starts_afresh(
+    tmp_path, monkeypatch
+):
+    def dies_midway(handle, path=None, *, force_download=False, output_dir=None):
+        write_synthetic_rsna(output_dir, TINY, progress=False)
+        raise ConnectionError("Connection reset by peer")
+
+    _fake_kagglehub(monkeypatch, dies_midway)
+    with pytest.raises(DataDownloadError, match="No connection to Kaggle"):
+        ensure_rsna_data(tmp_path, announce=False)
+    assert not (tmp_path / "rsna").exists()  # nothing that looks like data
+    seen = []
+
+    def succeeds(handle, path=None, *, force_download=False, output_dir=None):
+        seen.append(sorted(p.name for p in Path(output_dir).glob("*")))  # staging emptied?
         write_synthetic_rsna(output_dir, TINY, progress=False)
         return output_dir
 
-    _fake_kagglehub(monkeypatch, fake_download)
-    assert ensure_rsna_data(tmp_path, announce=False) == tmp_path
-    assert targets == [str(tmp_path)]
+    _fake_kagglehub(monkeypatch, succeeds)
+    assert ensure_rsna_data(tmp_path, announce=False) == tmp_path / "rsna"
+    assert seen == [[]] and check_rsna_layout(tmp_path / "rsna") == []
+
+
+def test_a_download_kagglehub_puts_elsewhere_is_used_where_it_is(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "kaggle-input"
+    write_synthetic_rsna(elsewhere, TINY, progress=False)
+    _fake_kagglehub(monkeypatch, lambda handle, path=None, *, output_dir=None: str(elsewhere))
+    assert ensure_rsna_data(tmp_path / "data", announce=False) == elsewhere
+
+
+def test_a_drive_folder_without_drive_mounted_is_a_clear_error(monkeypatch):
+    _fake_kagglehub(monkeypatch, lambda *a, **k: pytest.fail("must not download"))
+    with pytest.raises(DataDownloadError, match="Drive is not mounted.*FULL = True"):
+        ensure_rsna_data("/content/drive/MyDrive/retinanet", announce=False)
+
+
+def test_both_kinds_of_kaggle_token_are_read_from_colab_secrets(monkeypatch):
+    """kagglehub gives up on the first missing secret; a kaggle.json pair must work too."""
+    secrets = {"KAGGLE_USERNAME": "student", "KAGGLE_KEY": "abc123"}
+
+    def get(name):
+        if name not in secrets:
+            raise KeyError(f"SecretNotFoundError: {name}")
+        return secrets[name]
+
+    google = types.ModuleType("google")
+    colab = types.ModuleType("google.colab")
+    colab.userdata = types.SimpleNamespace(get=get)
+    google.colab = colab
+    monkeypatch.setitem(sys.modules, "google", google)
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    for name in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        monkeypatch.setenv(name, "")  # recorded, so monkeypatch restores what was there
+    assert download._credentials_from_colab_secrets() == ["KAGGLE_USERNAME", "KAGGLE_KEY"]
+    assert os.environ["KAGGLE_USERNAME"] == "student" and os.environ["KAGGLE_KEY"] == "abc123"
+    assert os.environ["KAGGLE_API_TOKEN"] == ""
+    monkeypatch.setenv("KAGGLE_KEY", "already set")
+    monkeypatch.setenv("KAGGLE_USERNAME", "")
+    download._credentials_from_colab_secrets()
+    assert os.environ["KAGGLE_KEY"] == "already set"
 
 
 def test_an_incomplete_download_names_what_is_missing(tmp_path, monkeypatch):
