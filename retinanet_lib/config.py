@@ -29,6 +29,7 @@ __all__ = [
     "PRIOR_PROBABILITY",
     "RUN_MODES",
     "RUN_MODE_ENV",
+    "SMOKE_ENV",
     "BACKBONES",
     "AnchorConfig",
     "DataConfig",
@@ -41,11 +42,13 @@ __all__ = [
     "TrainConfig",
     "EncoderConfig",
     "RetinaNetConfig",
+    "SmokeConfig",
     "SyntheticConfig",
     "config_for_mode",
     "describe_setup",
     "replace_section",
     "run_mode_from_env",
+    "smoke_from_env",
 ]
 
 #: Class target of an anchor that matched no ground-truth box (IoU below `ignore_iou`).
@@ -562,6 +565,54 @@ RUN_MODES = ("cpu", "full")
 RUN_MODE_ENV = "RETINANET_MODE"
 
 
+#: Environment variable that turns full mode into its smoke setting: `1` on, `0` or unset off.
+SMOKE_ENV = "RETINANET_SMOKE"
+
+
+@dataclass(frozen=True)
+class SmokeConfig:
+    """Full mode's smoke setting: the full architecture on a handful of images, for one epoch.
+
+    It checks that every cell of every chapter runs in full mode (CI executes them this way,
+    on synthetic data in the RSNA layout at 1024 px); it measures nothing. Because ImageNet
+    weights cannot be downloaded there, the backbone starts from random weights, only under
+    this setting, and the chapters print so (`load_splits`).
+
+    Attributes:
+        epochs: Training epochs.
+        train_images: Training images kept (half with an opacity where there are enough).
+        validation_images: Validation images kept, chosen the same way.
+        test_images: Test images kept, chosen the same way.
+    """
+
+    epochs: int = 1
+    train_images: int = 16
+    validation_images: int = 8
+    test_images: int = 8
+
+    def describe(self) -> str:
+        """One line for the chapters' output: what the smoke setting changes."""
+        return (
+            f"smoke setting ({SMOKE_ENV}=1): ResNet50 from random weights, not ImageNet; "
+            f"{self.epochs} epoch; {self.train_images} training, {self.validation_images} "
+            f"validation and {self.test_images} test images. Its numbers mean nothing."
+        )
+
+
+def smoke_from_env() -> SmokeConfig | None:
+    """The smoke setting if `$RETINANET_SMOKE` is `1`, `None` if it is `0`, empty or unset.
+
+    Raises:
+        ValueError: For any other value.
+    """
+    value = os.environ.get(SMOKE_ENV, "").strip()
+    if value in ("", "0"):
+        return None
+    if value != "1":
+        raise ValueError(f"{SMOKE_ENV}={value!r}: use 1 (smoke setting) or 0 (off).")
+    return SmokeConfig()
+
+
 def replace_section(cfg: RetinaNetConfig, section: str, **changes: Any) -> RetinaNetConfig:
     """`cfg` with some fields of one section (`"train"`, `"model"`, ...) replaced.
 
@@ -597,6 +648,9 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
     so it trains in about 4 to 10 minutes on 2 CPU cores. The CPU default's schedule,
     30 epochs with the drop after epoch 22, came out of a measured ablation (the results page,
     `retinanet_lib/results/recipe.csv`).
+
+    With `$RETINANET_SMOKE=1` (`SmokeConfig`), `"full"` trains one epoch from a randomly
+    initialised backbone.
     """
     if mode not in RUN_MODES:
         raise ValueError(f"Unknown run mode {mode!r}; use one of {RUN_MODES}.")
@@ -607,7 +661,12 @@ def config_for_mode(mode: str) -> RetinaNetConfig:
             max_rotation_degrees=0.0,
             max_shift_fraction=0.0,
         )
-        return RetinaNetConfig(image_size=512, data=blog_data)
+        blog = RetinaNetConfig(image_size=512, data=blog_data)
+        smoke = smoke_from_env()
+        if smoke is None:
+            return blog
+        blog = replace_section(blog, "model", backbone_weights=None)
+        return replace_section(blog, "train", epochs=smoke.epochs)
     cpu_model = ModelConfig(
         backbone="small_resnet",
         backbone_weights=None,

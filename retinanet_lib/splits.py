@@ -17,12 +17,14 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from retinanet_lib.config import RetinaNetConfig, SyntheticConfig
+from retinanet_lib.config import RetinaNetConfig, SyntheticConfig, smoke_from_env
 from retinanet_lib.pipeline import Records, make_records
 from retinanet_lib.rsna import (
     LABELS_FILE,
@@ -42,6 +44,7 @@ __all__ = [
     "load_splits",
     "load_upper_zone_test",
     "prepare_data",
+    "smoke_subset",
 ]
 
 
@@ -182,7 +185,7 @@ def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = 
     else:
         test_labels = load_rsna_labels(root / TEST_LABELS_FILE)
         test = make_records(root, test_labels, test_labels.patient_ids, folder=TEST_IMAGES)
-    return DataSplits(
+    splits = DataSplits(
         root=root,
         synthetic=(root / MANIFEST_NAME).is_file(),
         labels=labels,
@@ -192,3 +195,27 @@ def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = 
         test_paths=sorted(str(p) for p in (root / TEST_IMAGES).glob("*.dcm")),
         test_held_out=held_out and test is not None,
     )
+    smoke = smoke_from_env() if mode == "full" else None
+    if smoke is None:
+        return splits
+    print(smoke.describe())
+    return dataclasses.replace(
+        splits,
+        train=smoke_subset(splits.train, smoke.train_images),
+        validation=smoke_subset(splits.validation, smoke.validation_images),
+        test=None if splits.test is None else smoke_subset(splits.test, smoke.test_images),
+        test_paths=splits.test_paths[: smoke.test_images],
+    )
+
+
+def smoke_subset(records: Records, count: int) -> Records:
+    """The first `count // 2` images with an opacity and as many without, fewer where the
+    split has fewer (the smoke setting's splits: every kind of image, a handful of each).
+
+    Returns:
+        At most `count` records, positives first, each group in split order.
+    """
+    has_box = np.array([len(boxes) > 0 for boxes in records.boxes_xywh], bool)
+    positives = np.flatnonzero(has_box)[: count // 2]
+    negatives = np.flatnonzero(~has_box)[: count - len(positives)]
+    return records.subset([int(i) for i in (*positives, *negatives)])

@@ -151,3 +151,22 @@ def test_the_held_out_test_share_must_leave_training_patients(test_fraction):
     with pytest.raises(ValueError, match="test_fraction"):
         DataConfig(validation_fraction=0.2, test_fraction=test_fraction)
     assert DataConfig(validation_fraction=0.2, test_fraction=0.79).test_fraction == 0.79
+
+
+def test_the_smoke_setting_changes_only_full_mode_and_only_when_asked(monkeypatch):
+    from retinanet_lib.config import SMOKE_ENV, config_for_mode, smoke_from_env
+
+    monkeypatch.delenv(SMOKE_ENV, raising=False)
+    assert smoke_from_env() is None
+    blog, cpu = config_for_mode("full"), config_for_mode("cpu")
+    assert (blog.model.backbone_weights, blog.train.epochs) == ("imagenet", 25)
+    monkeypatch.setenv(SMOKE_ENV, "1")
+    smoke = config_for_mode("full")
+    assert (smoke.model.backbone_weights, smoke.train.epochs) == (None, 1)
+    assert smoke.model.backbone == "resnet50" and smoke.image_size == 512  # the architecture
+    assert config_for_mode("cpu") == RetinaNetConfig.from_dict(config_for_mode("cpu").to_dict())
+    monkeypatch.setenv(SMOKE_ENV, "0")
+    assert config_for_mode("full") == blog
+    monkeypatch.setenv(SMOKE_ENV, "yes")
+    with pytest.raises(ValueError, match="RETINANET_SMOKE"):
+        smoke_from_env()

@@ -70,3 +70,33 @@ def test_a_zero_test_fraction_leaves_no_test_split(tmp_path):
     assert splits.test is None and not splits.test_held_out
     assert list(splits.summary().index) == ["train", "validation"]
     assert isinstance(splits.summary(), pd.DataFrame)
+
+
+def test_the_smoke_setting_keeps_a_handful_of_each_kind_and_says_so(tmp_path, monkeypatch, capsys):
+    from retinanet_lib.config import SMOKE_ENV, SmokeConfig
+    from retinanet_lib.splits import smoke_subset
+
+    write_synthetic_rsna(tmp_path, SMALL, progress=False)
+    (tmp_path / TEST_LABELS_FILE).unlink()
+    full = load_splits("full", config_for_mode("full"), data_root=tmp_path)
+    monkeypatch.setenv(SMOKE_ENV, "1")
+    smoke = load_splits("full", config_for_mode("full"), data_root=tmp_path)
+    assert "random weights, not ImageNet" in capsys.readouterr().out
+    limits = SmokeConfig()
+    for name, limit in (("train", limits.train_images), ("validation", 8), ("test", 8)):
+        before, after = getattr(full, name), getattr(smoke, name)
+        positive = [len(b) > 0 for b in before.boxes_xywh]
+        expected_positives = min(limit // 2, sum(positive))
+        expected = expected_positives + min(limit - expected_positives, positive.count(False))
+        assert len(after) == expected, name
+        kept = [len(b) > 0 for b in after.boxes_xywh]
+        assert kept == [True] * expected_positives + [False] * (expected - expected_positives)
+        assert set(after.paths) <= set(before.paths)
+    # The CPU default ignores the smoke setting.
+    assert len(load_splits("cpu", config_for_mode("cpu"), data_root=tmp_path).train) == len(
+        full.train
+    )
+    # By hand: positives first, each kind in split order.
+    records = full.train
+    first_positive = next(i for i, b in enumerate(records.boxes_xywh) if len(b))
+    assert smoke_subset(records, 2).paths[0] == records.paths[first_positive]
