@@ -576,7 +576,7 @@ class SmokeConfig:
     It checks that every cell of every chapter runs in full mode (CI executes them this way,
     on synthetic data in the RSNA layout at 1024 px); it measures nothing. Because ImageNet
     weights cannot be downloaded there, the backbone starts from random weights, only under
-    this setting, and the chapters print so (`load_splits`).
+    this setting, and the chapters print so (`notebook.setup_notebook`).
 
     Attributes:
         epochs: Training epochs.
@@ -593,9 +593,10 @@ class SmokeConfig:
     def describe(self) -> str:
         """One line for the chapters' output: what the smoke setting changes."""
         return (
-            f"smoke setting ({SMOKE_ENV}=1): ResNet50 from random weights, not ImageNet; "
-            f"{self.epochs} epoch; {self.train_images} training, {self.validation_images} "
-            f"validation and {self.test_images} test images. Its numbers mean nothing."
+            f"full mode's smoke setting ({SMOKE_ENV}=1): ResNet50 from random weights, "
+            f"not ImageNet; {self.epochs} epoch; {self.train_images} training, "
+            f"{self.validation_images} validation and {self.test_images} test images. "
+            "Its numbers mean nothing."
         )
 
 

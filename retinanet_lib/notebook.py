@@ -20,6 +20,8 @@ import textwrap
 from dataclasses import dataclass
 from typing import Any
 
+from retinanet_lib.config import run_mode_from_env, smoke_from_env
+
 __all__ = ["SourceCode", "library_versions", "setup_notebook", "show_source"]
 
 #: Matplotlib settings of every chapter: modest dpi keeps the stored figures light.
@@ -142,7 +144,8 @@ def library_versions() -> str:
 
 def setup_notebook() -> None:
     """Common chapter set-up: modest figure resolution, tables with 3 decimals and text cells
-    up to 80 characters, and the versions printed.
+    up to 80 characters, and the versions printed (and, in full mode's smoke setting, what
+    that setting changes).
 
     Call it in a chapter's setup cell (TensorFlow's log settings must be made before
     TensorFlow is imported, so they stay in the cell above).
@@ -154,3 +157,6 @@ def setup_notebook() -> None:
     pd.set_option("display.precision", TABLE_DECIMALS)
     pd.set_option("display.max_colwidth", TABLE_MAX_COLWIDTH)
     print(library_versions())
+    smoke = smoke_from_env() if run_mode_from_env() == "full" else None
+    if smoke is not None:
+        print(smoke.describe())

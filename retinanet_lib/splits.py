@@ -198,7 +198,6 @@ def load_splits(mode: str, cfg: RetinaNetConfig, data_root: str | Path | None = 
     smoke = smoke_from_env() if mode == "full" else None
     if smoke is None:
         return splits
-    print(smoke.describe())
     return dataclasses.replace(
         splits,
         train=smoke_subset(splits.train, smoke.train_images),

@@ -32,3 +32,21 @@ def test_methods_are_dedented_and_rendered_as_wrapping_html():
 def test_only_library_code_is_shown():
     with pytest.raises(ValueError, match="not defined in retinanet_lib"):
         show_source(inspect.getsource)
+
+
+@pytest.mark.parametrize(
+    ("mode", "smoke", "says_so"),
+    [("full", "1", True), ("full", "0", False), ("cpu", "1", False)],
+)
+def test_setup_says_when_full_mode_runs_the_smoke_setting(
+    monkeypatch, capsys, mode, smoke, says_so
+):
+    from retinanet_lib.config import RUN_MODE_ENV, SMOKE_ENV
+    from retinanet_lib.notebook import setup_notebook
+
+    monkeypatch.setenv(RUN_MODE_ENV, mode)
+    monkeypatch.setenv(SMOKE_ENV, smoke)
+    setup_notebook()
+    printed = capsys.readouterr().out
+    assert ("ResNet50 from random weights, not ImageNet" in printed) is says_so
+    assert "Keras" in printed  # the versions, always
