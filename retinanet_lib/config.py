@@ -593,8 +593,9 @@ class SmokeConfig:
     def describe(self) -> str:
         """One line for the chapters' output: what the smoke setting changes."""
         return (
-            f"full mode's smoke setting ({SMOKE_ENV}=1): ResNet50 from random weights, "
-            f"not ImageNet; {self.epochs} epoch; {self.train_images} training, "
+            f"full mode's smoke setting ({SMOKE_ENV}=1), wherever this page runs full "
+            f"mode: ResNet50 from random weights, not ImageNet; {self.epochs} epoch; "
+            f"{self.train_images} training, "
             f"{self.validation_images} validation and {self.test_images} test images. "
             "Its numbers mean nothing."
         )
