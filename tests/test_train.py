@@ -166,8 +166,9 @@ def test_a_notebook_run_again_reads_its_finished_run_back_or_resumes(tmp_path):
     train, val = tiny_datasets(TINY)
     cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=3))
     assert finished_run(tmp_path, cfg) is None  # nothing there yet
-    with pytest.raises(KeyboardInterrupt):  # the disconnect, after 2 of 3 epochs
-        fit_retinanet(
+
+    def chapter_cell(*callbacks):  # Chapter 5's training cell, in full mode
+        return fit_retinanet(
             cfg,
             train,
             val,
@@ -175,32 +176,17 @@ def test_a_notebook_run_again_reads_its_finished_run_back_or_resumes(tmp_path):
             verbose=0,
             tensorboard=False,
             reuse_finished=True,
-            extra_callbacks=[interrupt_after_epoch(1)],
+            extra_callbacks=list(callbacks),
         )
+
+    with pytest.raises(KeyboardInterrupt):  # the disconnect, after 2 of 3 epochs
+        chapter_cell(interrupt_after_epoch(1))
     assert finished_run(tmp_path, cfg) is None  # interrupted: not finished
     recorder = _EpochRecorder()
-    first = fit_retinanet(
-        cfg,
-        train,
-        val,
-        tmp_path,
-        verbose=0,
-        tensorboard=False,
-        reuse_finished=True,
-        extra_callbacks=[recorder],
-    )
+    first = chapter_cell(recorder)
     assert recorder.epochs == [2]  # resumed, not restarted
     recorder = _EpochRecorder()
-    again = fit_retinanet(
-        cfg,
-        train,
-        val,
-        tmp_path,
-        verbose=0,
-        tensorboard=False,
-        reuse_finished=True,
-        extra_callbacks=[recorder],
-    )
+    again = chapter_cell(recorder)
     assert recorder.epochs == [] and again.seconds == 0.0  # read back, nothing trained
     assert again.history == first.history and len(again.history["loss"]) == 3
     images = next(iter(val))[0]
