@@ -25,6 +25,7 @@ __all__ = [
     "check_rsna_layout",
     "data_root",
     "load_rsna_labels",
+    "parse_label_table",
     "require_rsna_layout",
     "split_patients",
     "split_patients_with_test",
@@ -178,12 +179,37 @@ def load_rsna_labels(
     if not csv_path.is_file():
         raise FileNotFoundError(f"Label file {csv_path} not found.")
     table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
+    return parse_label_table(table, image_width, image_height, source=str(csv_path))
+
+
+def parse_label_table(
+    table: pd.DataFrame,
+    image_width: float = RSNA_IMAGE_SIZE,
+    image_height: float = RSNA_IMAGE_SIZE,
+    source: str = "label table",
+) -> RsnaLabels:
+    """Parses a label table already in memory, with the rules of `load_rsna_labels`.
+
+    Args:
+        table: One row per box, the columns of `stage_2_train_labels.csv`; values may be
+            strings (as read from the file) or numbers.
+        image_width: Width of the images the boxes refer to.
+        image_height: Height of the images the boxes refer to.
+        source: Named in error messages.
+
+    Returns:
+        The boxes per patient, the rejected rows with reasons, and the excluded patients.
+
+    Raises:
+        ValueError: If a required column is missing.
+    """
     missing = [c for c in _REQUIRED_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(
-            f"{csv_path}: missing column(s) {missing}; expected {_REQUIRED_COLUMNS} "
+            f"{source}: missing column(s) {missing}; expected {_REQUIRED_COLUMNS} "
             f"(got {list(table.columns)})."
         )
+    table = table.reset_index(drop=True)
     reasons = _row_reasons(table, image_width, image_height)
     bad = reasons != ""
     rejected = pd.DataFrame(

@@ -19,6 +19,10 @@ from retinanet_lib.anchors import anchor_shapes_per_level, feature_map_sizes
 from retinanet_lib.config import AnchorConfig
 
 __all__ = [
+    "DENSITY_CMAP",
+    "plot_box_centres",
+    "plot_label_sets",
+    "plot_shares",
     "plot_image_probabilities",
     "plot_variant_scores",
     "draw_architecture",
@@ -216,6 +220,136 @@ def plot_anchor_centers(
         ax.tick_params(labelsize=7)
         ax.grid(True, linewidth=0.3, alpha=0.5)
     return axes
+
+
+#: Perceptually uniform, colour-blind safe: the map of every density panel.
+DENSITY_CMAP = "cividis"
+
+
+def plot_shares(
+    ax: Axes,
+    samples: dict[str, TensorLike],
+    bins: TensorLike,
+    xlabel: str,
+    title: str | None = None,
+) -> Axes:
+    """Step histograms of several samples, each as the share of its values per bin.
+
+    Args:
+        ax: Where to draw.
+        samples: Legend label -> `(N_k,)` values; samples of very different sizes compare
+            because each is normalised to shares.
+        bins: Bin edges.
+        xlabel: What the values are, in words.
+        title: Panel title.
+
+    Returns:
+        `ax`.
+    """
+    for label, values in samples.items():
+        values = np.asarray(values, np.float64)
+        weights = np.full(len(values), 1.0 / max(len(values), 1))
+        ax.hist(
+            values,
+            bins=bins,
+            weights=weights,
+            histtype="step",
+            linewidth=1.6,
+            label=f"{label} (n = {len(values):,})",
+        )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("share per bin")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_box_centres(
+    ax: Axes,
+    centre_x: TensorLike,
+    centre_y: TensorLike,
+    bins: int = 16,
+    vmax: float | None = None,
+    title: str | None = None,
+):
+    """Where boxes sit: the share of box centres in each cell of the image, as a map.
+
+    Args:
+        ax: Where to draw.
+        centre_x: `(N,)` centres across the image, fractions of its width (0 = left edge).
+        centre_y: `(N,)` centres down the image, fractions of its height (0 = top).
+        bins: Cells per side.
+        vmax: Top of the colour scale (give two maps the same one to compare them).
+        title: Panel title.
+
+    Returns:
+        The image artist, for a colour bar.
+    """
+    counts, _, _ = np.histogram2d(
+        np.asarray(centre_y), np.asarray(centre_x), bins=bins, range=[[0, 1], [0, 1]]
+    )
+    shares = counts / max(counts.sum(), 1.0)
+    artist = ax.imshow(shares, extent=(0, 1, 1, 0), cmap=DENSITY_CMAP, vmin=0, vmax=vmax)
+    ax.set_xlabel("across the image (0 = left edge)")
+    ax.set_ylabel("down the image (0 = top)")
+    if title:
+        ax.set_title(title)
+    return artist
+
+
+#: Panels of `plot_label_sets`: column of `label_statistics.box_table`, words, bin edges.
+_BOX_PANELS = (
+    ("width", "box width (px of a 1024 px image)", np.linspace(0, 600, 16)),
+    ("height", "box height (px of a 1024 px image)", np.linspace(0, 1000, 21)),
+    ("aspect", "height / width", np.linspace(0, 5, 21)),
+    ("area_fraction", "box area / image area", np.linspace(0, 0.3, 16)),
+    ("centre_y", "box centre down the image (0 = top)", np.linspace(0, 1, 21)),
+)
+
+
+def plot_label_sets(
+    box_tables: dict,
+    boxes_per_image: dict[str, TensorLike],
+    centre_bins: int = 16,
+) -> Figure:
+    """Box geometry of label sets side by side: counts, sizes, shapes and where boxes sit.
+
+    Args:
+        box_tables: Set name -> `label_statistics.box_table` frame.
+        boxes_per_image: Set name -> `(P,)` boxes of each positive image.
+        centre_bins: Cells per side of the centre maps.
+
+    Returns:
+        A figure of two rows: boxes per image and the distributions of `_BOX_PANELS`, then one
+        centre map per set on a shared colour scale.
+    """
+    num_sets = len(box_tables)
+    fig = plt.figure(figsize=(14, 7.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.15])
+    axes = top.subplots(1, 3)
+    counts = {
+        name: np.minimum(np.asarray(c), 3) for name, c in boxes_per_image.items()
+    }  # 3 = "3 or more"
+    plot_shares(axes[0], counts, np.arange(0.5, 4.0), "boxes on a positive image")
+    axes[0].set_xticks([1, 2, 3], ["1", "2", "3+"])
+    for ax, (column, words, bins) in zip(axes[1:], _BOX_PANELS[:2], strict=True):
+        plot_shares(ax, {n: t[column] for n, t in box_tables.items()}, bins, words)
+    map_axes = bottom.subplots(1, 3 + num_sets)
+    for ax, (column, words, bins) in zip(map_axes[:3], _BOX_PANELS[2:], strict=True):
+        plot_shares(ax, {n: t[column] for n, t in box_tables.items()}, bins, words)
+    shares = [
+        np.histogram2d(t["centre_y"], t["centre_x"], bins=centre_bins, range=[[0, 1], [0, 1]])[0]
+        / max(len(t), 1)
+        for t in box_tables.values()
+    ]
+    vmax = max(float(s.max()) for s in shares)
+    for ax, (name, table) in zip(map_axes[3:], box_tables.items(), strict=True):
+        artist = plot_box_centres(
+            ax, table["centre_x"], table["centre_y"], centre_bins, vmax, f"{name}: centres"
+        )
+    fig.colorbar(artist, ax=map_axes[3:], label="share of boxes per cell", shrink=0.8)
+    return fig
 
 
 #: What the blog's heatmap holds: the mean score of the boxes covering a pixel.
