@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         requirements = pinned_requirements(minimums, venv / "requirements-oldest.txt")
         install = [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)]
         ok = ok and _step("install", install)
+        data_files = [str(python), "-m", "pip", "install", "-q", "--no-deps", "-r"]
+        ok = ok and _step("real labels", [*data_files, str(ROOT / "requirements-data.txt")])
         if not ok:
             return 1
         versions = subprocess.run(
