@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 #: The per-box quantities compared between label sets (columns of `box_table`).
-BOX_QUANTITIES = ("width", "height", "aspect", "centre_x", "centre_y")
+BOX_QUANTITIES = ("width", "height", "aspect", "area_fraction", "midline_distance", "centre_y")
 #: Two label sets "differ" in a quantity where the two-sample test's p-value is below this.
 DIFFERENCE_ALPHA = 0.01
 #: Boxes per positive image are compared in these bins: 1, 2, and 3 or more.
@@ -53,12 +53,13 @@ def box_table(labels: RsnaLabels, image_size: float = RSNA_IMAGE_SIZE) -> pd.Dat
 
     Returns:
         Columns `patientId`, `width`, `height` (pixels of a 1024 x 1024 image), `aspect`
-        (height / width), `centre_x`, `centre_y` (fractions of the image side, 0 = left / top)
-        and `area_fraction` (box area / image area).
+        (height / width), `centre_x`, `centre_y` (fractions of the image side, 0 = left / top),
+        `midline_distance` (`|centre_x - 0.5|`: how far from the image's vertical midline, the
+        one-lobed measure of a two-lung quantity) and `area_fraction` (box area / image area).
     """
     ids = [pid for pid, boxes in labels.boxes_xywh.items() if len(boxes)]
     if not ids:
-        return pd.DataFrame(columns=["patientId", *BOX_QUANTITIES, "area_fraction"])
+        return pd.DataFrame(columns=["patientId", *BOX_QUANTITIES, "centre_x"])
     boxes_xywh = np.concatenate([labels.boxes_xywh[pid] for pid in ids]).astype(np.float64)
     counts = [len(labels.boxes_xywh[pid]) for pid in ids]
     to_1024 = RSNA_IMAGE_SIZE / float(image_size)
@@ -71,6 +72,7 @@ def box_table(labels: RsnaLabels, image_size: float = RSNA_IMAGE_SIZE) -> pd.Dat
             "aspect": height / width,
             "centre_x": (x + width / 2) / image_size,
             "centre_y": (y + height / 2) / image_size,
+            "midline_distance": np.abs((x + width / 2) / image_size - 0.5),
             "area_fraction": width * height / float(image_size) ** 2,
         }
     )
@@ -206,7 +208,8 @@ def positive_anchors_per_box(
     own rule, `cfg.encoder`), every image on its own. The matching runs one pyramid level at
     a time and only for the images with a box whose area could reach the match IoU with that
     level's anchors (the others have no positive anchor there), which gives the same counts
-    as matching all anchors at once.
+    as matching all anchors at once. With `match_low_quality` (a box's best anchor over all
+    levels is also positive) all anchors are matched at once.
 
     Args:
         labels: Parsed labels.
@@ -223,24 +226,28 @@ def positive_anchors_per_box(
     gt_xyxy = _padded_boxes_xyxy(labels, image_size / float(label_image_size))  # (I, G, 4)
     box_areas = np.prod(gt_xyxy[..., 2:] - gt_xyxy[..., :2], axis=-1)  # (I, G), 0 = padding
     counts = np.zeros(box_areas.shape, np.int64)
+    if encoder.match_low_quality:  # a box's best anchor over all levels: match all at once
+        _add_positive_counts(counts, gt_xyxy, np.arange(len(gt_xyxy)), anchors_xyxy, encoder)
+        return counts[box_areas > 0]
     for level in np.unique(levels):
         level_anchors = anchors_xyxy[levels == level]
         anchor_areas = np.prod(level_anchors[:, 2:] - level_anchors[:, :2], axis=-1)
-        images = (
-            np.arange(len(gt_xyxy))
-            if encoder.match_low_quality  # a low-quality match ignores the IoU bound
-            else np.flatnonzero(_level_can_match(box_areas, anchor_areas, encoder.match_iou))
-        )
-        for start in range(0, len(images), _IMAGES_PER_CHUNK):
-            chunk = images[start : start + _IMAGES_PER_CHUNK]
-            counts[chunk] += _positives_per_box(
-                tf.constant(gt_xyxy[chunk]),
-                tf.constant(level_anchors),
-                encoder.match_iou,
-                encoder.ignore_iou,
-                encoder.match_low_quality,
-            ).numpy()
+        images = np.flatnonzero(_level_can_match(box_areas, anchor_areas, encoder.match_iou))
+        _add_positive_counts(counts, gt_xyxy, images, level_anchors, encoder)
     return counts[box_areas > 0]
+
+
+def _add_positive_counts(counts, gt_xyxy, images, anchors_xyxy, encoder) -> None:
+    """Adds, for the `images` (indices), each box's positive anchors among `anchors_xyxy`."""
+    for start in range(0, len(images), _IMAGES_PER_CHUNK):
+        chunk = images[start : start + _IMAGES_PER_CHUNK]
+        counts[chunk] += _positives_per_box(
+            tf.constant(gt_xyxy[chunk]),
+            tf.constant(anchors_xyxy),
+            encoder.match_iou,
+            encoder.ignore_iou,
+            encoder.match_low_quality,
+        ).numpy()
 
 
 def anchor_coverage(
@@ -294,7 +301,7 @@ def positive_rate_by_view(labels: RsnaLabels, view_by_patient: pd.Series) -> pd.
     Args:
         labels: Parsed labels.
         view_by_patient: Patient id -> view (`"AP"` / `"PA"`); patients missing here are
-            counted in the `without header` row.
+            counted in the `no valid header` row.
 
     Returns:
         Indexed by view: `patients`, `with_opacity`, `positive_rate`.
@@ -302,7 +309,7 @@ def positive_rate_by_view(labels: RsnaLabels, view_by_patient: pd.Series) -> pd.
     positive = pd.Series(
         {pid: len(boxes) > 0 for pid, boxes in labels.boxes_xywh.items()}, dtype=bool
     )
-    view = view_by_patient.reindex(positive.index).fillna("without header")
+    view = view_by_patient.reindex(positive.index).fillna("no valid header")
     table = positive.groupby(view).agg(patients="size", with_opacity="sum")
     table["positive_rate"] = table["with_opacity"] / table["patients"]
     return table

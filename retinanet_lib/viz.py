@@ -302,9 +302,10 @@ def plot_box_centres(
 _BOX_PANELS = (
     ("width", "box width (px of a 1024 px image)", np.linspace(0, 600, 16)),
     ("height", "box height (px of a 1024 px image)", np.linspace(0, 1000, 21)),
-    ("aspect", "height / width", np.linspace(0, 5, 21)),
-    ("area_fraction", "box area / image area", np.linspace(0, 0.3, 16)),
-    ("centre_y", "box centre down the image (0 = top)", np.linspace(0, 1, 21)),
+    ("aspect", "aspect: height / width", np.linspace(0, 5, 21)),
+    ("area_fraction", "box area / image area", np.linspace(0, 0.4, 21)),
+    ("midline_distance", "centre to midline (of width)", np.linspace(0, 0.5, 21)),
+    ("centre_y", "centre down (0 = top)", np.linspace(0, 1, 21)),
 )
 
 
@@ -316,27 +317,24 @@ def plot_label_sets(
     """Box geometry of label sets side by side: counts, sizes, shapes and where boxes sit.
 
     Args:
-        box_tables: Set name -> `label_statistics.box_table` frame.
+        box_tables: Set name -> `label_statistics.box_table` frame (a 1024 px frame).
         boxes_per_image: Set name -> `(P,)` boxes of each positive image.
         centre_bins: Cells per side of the centre maps.
 
     Returns:
         A figure of two rows: boxes per image and the distributions of `_BOX_PANELS`, then one
-        centre map per set on a shared colour scale.
+        map of box centres per set, on a shared colour scale.
     """
-    num_sets = len(box_tables)
-    fig = plt.figure(figsize=(14, 7.2), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.15])
-    axes = top.subplots(1, 3)
-    counts = {
-        name: np.minimum(np.asarray(c), 3) for name, c in boxes_per_image.items()
-    }  # 3 = "3 or more"
-    plot_shares(axes[0], counts, np.arange(0.5, 4.0), "boxes on a positive image")
-    axes[0].set_xticks([1, 2, 3], ["1", "2", "3+"])
-    for ax, (column, words, bins) in zip(axes[1:], _BOX_PANELS[:2], strict=True):
-        plot_shares(ax, {n: t[column] for n, t in box_tables.items()}, bins, words)
-    map_axes = bottom.subplots(1, 3 + num_sets)
-    for ax, (column, words, bins) in zip(map_axes[:3], _BOX_PANELS[2:], strict=True):
+    fig = plt.figure(figsize=(14, 7.4), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.1])
+    top_axes = top.subplots(1, 4)
+    counts = {name: np.minimum(np.asarray(c), 3) for name, c in boxes_per_image.items()}
+    plot_shares(top_axes[0], counts, np.arange(0.5, 4.0), "boxes on an image with any")
+    top_axes[0].set_xticks([1, 2, 3], ["1", "2", "3+"])
+    bottom_axes = bottom.subplots(1, 3 + len(box_tables))
+    for ax, (column, words, bins) in zip(
+        [*top_axes[1:], *bottom_axes[:3]], _BOX_PANELS, strict=True
+    ):
         plot_shares(ax, {n: t[column] for n, t in box_tables.items()}, bins, words)
     shares = [
         np.histogram2d(t["centre_y"], t["centre_x"], bins=centre_bins, range=[[0, 1], [0, 1]])[0]
@@ -344,11 +342,11 @@ def plot_label_sets(
         for t in box_tables.values()
     ]
     vmax = max(float(s.max()) for s in shares)
-    for ax, (name, table) in zip(map_axes[3:], box_tables.items(), strict=True):
+    for ax, (name, table) in zip(bottom_axes[3:], box_tables.items(), strict=True):
         artist = plot_box_centres(
             ax, table["centre_x"], table["centre_y"], centre_bins, vmax, f"{name}: centres"
         )
-    fig.colorbar(artist, ax=map_axes[3:], label="share of boxes per cell", shrink=0.8)
+    fig.colorbar(artist, ax=bottom_axes[3:], label="share of boxes per cell", shrink=0.8)
     return fig
 
 

@@ -76,7 +76,8 @@ def test_the_full_data_block_does_nothing_unless_asked_in_colab(monkeypatch):
     install = next(line for line in source.splitlines() if "%pip install" in line)
     assert '"retinanet-lib[kaggle] @ git+' in install  # kagglehub, new enough for output_dir
     # The real RSNA labels' data files (Colab has PyTorch, so the package installs as it is).
-    assert install.endswith(" torchxrayvision")
+    assert install.endswith(" {LABELS}")  # IPython expands it, as {REPO}
+    assert 'LABELS = "torchxrayvision==1.5.7"' in source  # the version of the stored outputs
     runnable = source.replace(install, "    pass")
     for name in ("RETINANET_MODE", "RETINANET_DATA_DIR"):
         monkeypatch.setenv(name, "recorded")  # so that monkeypatch restores what was there
