@@ -6,8 +6,8 @@ split is held out of the training labels); the setting is full mode's smoke sett
 downloaded here, one epoch, a handful of images). Nothing is compared with stored outputs:
 each cell must run without error, and the chapter must say it ran the smoke setting.
 
-Chapter 6 is not run again here: it runs the CPU default in every mode (its first cell says
-why), so its nbval run under the CPU default is also its full-mode run.
+Chapters 6 and 7 are not run again here: they run the CPU default in every mode (their first
+cells say why), so their nbval runs under the CPU default are also their full-mode runs.
 """
 
 from pathlib import Path
@@ -23,7 +23,7 @@ from retinanet_lib.synthetic import MANIFEST_NAME, ensure_synthetic_rsna, write_
 ROOT = Path(__file__).resolve().parent.parent
 #: Enough images that the smoke setting's splits hold images with and without an opacity.
 KAGGLE_LIKE = SyntheticConfig(num_train=80, num_test=10)
-SAME_IN_EVERY_MODE = ("06_transfer_and_explanations.ipynb",)
+SAME_IN_EVERY_MODE = ("06_transfer_and_explanations.ipynb", "07_what_won_rsna.ipynb")
 NOTEBOOKS = [
     path
     for path in sorted((ROOT / "chapters").glob("*.ipynb"))
@@ -41,7 +41,7 @@ def kaggle_layout(tmp_path_factory) -> Path:
     write_synthetic_rsna(root, KAGGLE_LIKE, progress=False)
     (root / TEST_LABELS_FILE).unlink()
     (root / MANIFEST_NAME).unlink()
-    # The pages that run the CPU default in every mode (Chapters 4 and 7) read the synthetic
+    # Chapter 4's live first steps run the CPU default in every mode and read the synthetic
     # set from `$RETINANET_DATA_DIR/synthetic`: the one the chapters' nbval run uses, made
     # here if it is not there yet, so it is generated once, not twice.
     cpu_set = ensure_synthetic_rsna(ROOT / "chapters" / "data" / "synthetic", progress=False)
