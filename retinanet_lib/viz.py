@@ -322,19 +322,18 @@ def plot_label_sets(
         centre_bins: Cells per side of the centre maps.
 
     Returns:
-        A figure of two rows: boxes per image and the distributions of `_BOX_PANELS`, then one
-        map of box centres per set, on a shared colour scale.
+        A figure, three panels a row: boxes per image, the distributions of `_BOX_PANELS`,
+        then one map of box centres per set, on a shared colour scale.
     """
-    fig = plt.figure(figsize=(14, 7.4), layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.1])
-    top_axes = top.subplots(1, 4)
+    num_maps = len(box_tables)
+    num_panels = 1 + len(_BOX_PANELS) + num_maps
+    rows = -(-num_panels // 3)  # three panels a row: readable in a book's column
+    fig, grid = plt.subplots(rows, 3, figsize=(9.5, 3.0 * rows), layout="constrained")
+    axes = grid.ravel()
     counts = {name: np.minimum(np.asarray(c), 3) for name, c in boxes_per_image.items()}
-    plot_shares(top_axes[0], counts, np.arange(0.5, 4.0), "boxes on an image with any")
-    top_axes[0].set_xticks([1, 2, 3], ["1", "2", "3+"])
-    bottom_axes = bottom.subplots(1, 3 + len(box_tables))
-    for ax, (column, words, bins) in zip(
-        [*top_axes[1:], *bottom_axes[:3]], _BOX_PANELS, strict=True
-    ):
+    plot_shares(axes[0], counts, np.arange(0.5, 4.0), "boxes on an image with any")
+    axes[0].set_xticks([1, 2, 3], ["1", "2", "3+"])
+    for ax, (column, words, bins) in zip(axes[1:], _BOX_PANELS, strict=False):
         plot_shares(ax, {n: t[column] for n, t in box_tables.items()}, bins, words)
     shares = [
         np.histogram2d(t["centre_y"], t["centre_x"], bins=centre_bins, range=[[0, 1], [0, 1]])[0]
@@ -342,11 +341,14 @@ def plot_label_sets(
         for t in box_tables.values()
     ]
     vmax = max(float(s.max()) for s in shares)
-    for ax, (name, table) in zip(bottom_axes[3:], box_tables.items(), strict=True):
+    map_axes = axes[1 + len(_BOX_PANELS) : num_panels]
+    for ax, (name, table) in zip(map_axes, box_tables.items(), strict=True):
         artist = plot_box_centres(
             ax, table["centre_x"], table["centre_y"], centre_bins, vmax, f"{name}: centres"
         )
-    fig.colorbar(artist, ax=bottom_axes[3:], label="share of boxes per cell", shrink=0.8)
+    fig.colorbar(artist, ax=list(map_axes), label="share of boxes per cell", shrink=0.8)
+    for ax in axes[num_panels:]:
+        ax.set_visible(False)
     return fig
 
 
