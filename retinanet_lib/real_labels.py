@@ -11,7 +11,8 @@ The labels are the RSNA's (Shih et al. 2019), published under the competition's 
 Kaggle; here they are only read, never copied into the project. This module finds the files by
 path (`importlib.util.find_spec`), so neither PyTorch nor an import of the package is needed:
 `pip install --no-deps torchxrayvision` brings them (`requirements-data.txt`). The labels go
-through the library's own reader, `rsna.load_rsna_labels`, exactly like a Kaggle download's.
+through the library's own rules (`rsna.parse_label_table`, which `rsna.load_rsna_labels`
+runs on a Kaggle download's file).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from retinanet_lib.rsna import RsnaLabels, load_rsna_labels
+from retinanet_lib.rsna import RsnaLabels, parse_label_table, read_text_table, rejected_rows
 
 __all__ = [
     "DicomHeaders",
@@ -151,10 +152,7 @@ def load_dicom_headers(csv_path: str | Path) -> DicomHeaders:
         FileNotFoundError: If the file does not exist.
         ValueError: If a required column is missing.
     """
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"Header file {csv_path} not found.")
-    raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
+    raw = read_text_table(csv_path, "Header file")
     missing = [column for column in _HEADER_COLUMNS if column not in raw.columns]
     if missing:
         raise ValueError(
@@ -163,9 +161,7 @@ def load_dicom_headers(csv_path: str | Path) -> DicomHeaders:
     table = raw[list(_HEADER_COLUMNS)].rename(columns=_HEADER_COLUMNS)
     reasons = _header_reasons(table)
     bad = reasons != ""
-    rejected = pd.DataFrame(
-        {"row": table.index[bad], "patientId": table["patientId"][bad], "reason": reasons[bad]}
-    ).reset_index(drop=True)
+    rejected = rejected_rows(table, reasons)
     valid = (
         table[~bad]
         .astype({"age_years": float, "pixel_spacing_mm": float})
@@ -179,7 +175,7 @@ class RealRsnaLabels:
     """The real labels and headers, read with the library's rules.
 
     Attributes:
-        labels: Per-patient boxes (`rsna.load_rsna_labels` on the real label file).
+        labels: Per-patient boxes (the rules of `rsna.load_rsna_labels`, on the real file).
         headers: Per-patient header fields (`load_dicom_headers`).
         num_label_rows: Rows of the label file (header line not counted).
         source: Where the files came from (package and version), for printed outputs.
@@ -200,17 +196,16 @@ def load_real_labels() -> RealRsnaLabels:
     """Reads the real `stage_2_train_labels.csv` and the training images' DICOM headers.
 
     Returns:
-        The labels (through `rsna.load_rsna_labels`) and the headers (`load_dicom_headers`).
+        The labels (`rsna.parse_label_table`) and the headers (`load_dicom_headers`).
 
     Raises:
         RealLabelsMissingError: If `torchxrayvision`'s files are not installed.
     """
     folder = real_labels_folder()
-    labels = load_rsna_labels(folder / LABELS_FILE)
-    num_rows = len(pd.read_csv(folder / LABELS_FILE, usecols=["patientId"]))
+    table = read_text_table(folder / LABELS_FILE, "Label file")  # read once: labels and rows
     return RealRsnaLabels(
-        labels=labels,
+        labels=parse_label_table(table, source=str(folder / LABELS_FILE)),
         headers=load_dicom_headers(folder / HEADERS_FILE),
-        num_label_rows=num_rows,
+        num_label_rows=len(table),
         source=f"from {PACKAGE} {_package_version()}",
     )

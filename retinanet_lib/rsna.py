@@ -26,6 +26,8 @@ __all__ = [
     "data_root",
     "load_rsna_labels",
     "parse_label_table",
+    "read_text_table",
+    "rejected_rows",
     "require_rsna_layout",
     "split_patients",
     "split_patients_with_test",
@@ -175,11 +177,29 @@ def load_rsna_labels(
         FileNotFoundError: If the file does not exist.
         ValueError: If a required column is missing.
     """
+    table = read_text_table(csv_path, "Label file")
+    return parse_label_table(table, image_width, image_height, source=str(csv_path))
+
+
+def read_text_table(csv_path: str | Path, kind: str = "File") -> pd.DataFrame:
+    """Reads a CSV (optionally compressed) with every value as text; only empty fields are
+    missing, so a row's fields reach the row checks exactly as the file holds them.
+
+    Raises:
+        FileNotFoundError: If the file does not exist (the message starts with `kind`).
+    """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise FileNotFoundError(f"Label file {csv_path} not found.")
-    table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
-    return parse_label_table(table, image_width, image_height, source=str(csv_path))
+        raise FileNotFoundError(f"{kind} {csv_path} not found.")
+    return pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
+
+
+def rejected_rows(table: pd.DataFrame, reasons: pd.Series) -> pd.DataFrame:
+    """The rows with a non-empty reason: their 0-based `row`, `patientId` and `reason`."""
+    bad = reasons != ""
+    return pd.DataFrame(
+        {"row": table.index[bad], "patientId": table["patientId"][bad], "reason": reasons[bad]}
+    ).reset_index(drop=True)
 
 
 def parse_label_table(
@@ -212,9 +232,7 @@ def parse_label_table(
     table = table.reset_index(drop=True)
     reasons = _row_reasons(table, image_width, image_height)
     bad = reasons != ""
-    rejected = pd.DataFrame(
-        {"row": table.index[bad], "patientId": table["patientId"][bad], "reason": reasons[bad]}
-    ).reset_index(drop=True)
+    rejected = rejected_rows(table, reasons)
     excluded = pd.unique(table.loc[bad, "patientId"].dropna())
     keep = table[~table["patientId"].isin(excluded) & ~bad]
     order = pd.unique(keep["patientId"])  # first-appearance order
