@@ -368,15 +368,21 @@ def _write_split(root, folder, split, count, cfg, positives, progress):
             patient_sex=("M", "F")[int(rng.integers(2))],
             patient_age=int(rng.integers(18, 90)),
         )
+        rows_labels += _label_rows(patient_id, phantom.boxes_xywh)
         if len(phantom.boxes_xywh) == 0:
-            rows_labels.append((patient_id, None, None, None, None, 0))
             rows_classes.append(
                 (patient_id, CLASS_NAMES[1] if phantom.has_clutter else CLASS_NAMES[2])
             )
-        for box in phantom.boxes_xywh.round(1):
-            rows_labels.append((patient_id, *box.tolist(), 1))
-            rows_classes.append((patient_id, CLASS_NAMES[0]))
+        rows_classes += [(patient_id, CLASS_NAMES[0])] * len(phantom.boxes_xywh)
     return rows_labels, rows_classes
+
+
+def _label_rows(patient_id: str, boxes_xywh: np.ndarray) -> list[tuple]:
+    """The label-file rows of one image: one per box (rounded to 0.1 px, `Target` 1), or one
+    row with empty box fields and `Target` 0 when it has none."""
+    if len(boxes_xywh) == 0:
+        return [(patient_id, None, None, None, None, 0)]
+    return [(patient_id, *box.tolist(), 1) for box in boxes_xywh.round(1)]
 
 
 def write_synthetic_rsna(
@@ -450,14 +456,9 @@ def draw_training_labels(cfg: SyntheticConfig | None = None) -> pd.DataFrame:
     for index, positive in enumerate(_training_positives(cfg)):
         rng = _image_rng(cfg, _TRAIN_SPLIT, index)
         patient_id = _patient_id(rng)
-        if not positive:
-            rows.append((patient_id, None, None, None, None, 0))
-            continue
-        boxes_xywh = make_phantom(rng, cfg, positive=True).boxes_xywh
-        if len(boxes_xywh) == 0:  # every placement failed: written as a negative row
-            rows.append((patient_id, None, None, None, None, 0))
-        for box in boxes_xywh.round(1):
-            rows.append((patient_id, *box.tolist(), 1))
+        no_boxes = np.zeros((0, 4), np.float32)
+        boxes_xywh = make_phantom(rng, cfg, positive=True).boxes_xywh if positive else no_boxes
+        rows += _label_rows(patient_id, boxes_xywh)
     return pd.DataFrame(rows, columns=list(LABEL_COLUMNS))
 
 
