@@ -16,7 +16,7 @@ import tensorflow as tf
 from scipy import stats
 
 from retinanet_lib.anchors import anchor_level_ids, generate_anchors
-from retinanet_lib.boxes import pairwise_iou
+from retinanet_lib.boxes import pairwise_iou, xywh_to_xyxy
 from retinanet_lib.config import EncoderConfig, RetinaNetConfig
 from retinanet_lib.encoding import match_anchors
 from retinanet_lib.metrics import pad_boxes, rsna_scores
@@ -166,18 +166,12 @@ def _padded_boxes_xyxy(labels: RsnaLabels, scale: float) -> np.ndarray:
     """`(P, G, 4)` float32 "xyxy" boxes of the positive patients, scaled, zero-padded."""
     boxes_xywh = [b for b in labels.boxes_xywh.values() if len(b)]
     padded_xywh, _ = pad_boxes(boxes_xywh)
-    corners = np.concatenate(
-        [padded_xywh[..., :2], padded_xywh[..., :2] + padded_xywh[..., 2:]], axis=-1
-    )
-    return (corners * scale).astype(np.float32)
+    return (xywh_to_xyxy(padded_xywh).numpy() * scale).astype(np.float32)
 
 
 @tf.function(reduce_retracing=True)
-def _positives_per_box(gt_xyxy, anchors_xyxy, match_iou, ignore_iou, low_quality):
+def _positives_per_box(gt_xyxy, anchors_xyxy, encoder: EncoderConfig):
     """`(I, G, 4)` boxes -> `(I, G)` int32 positive anchors of each box (per-image matching)."""
-    encoder = EncoderConfig(
-        match_iou=match_iou, ignore_iou=ignore_iou, match_low_quality=low_quality
-    )
     num_slots = tf.shape(gt_xyxy)[1]
 
     def one_image(image_boxes):  # (G, 4) -> (G,)
@@ -242,11 +236,7 @@ def _add_positive_counts(counts, gt_xyxy, images, anchors_xyxy, encoder) -> None
     for start in range(0, len(images), _IMAGES_PER_CHUNK):
         chunk = images[start : start + _IMAGES_PER_CHUNK]
         counts[chunk] += _positives_per_box(
-            tf.constant(gt_xyxy[chunk]),
-            tf.constant(anchors_xyxy),
-            encoder.match_iou,
-            encoder.ignore_iou,
-            encoder.match_low_quality,
+            tf.constant(gt_xyxy[chunk]), tf.constant(anchors_xyxy), encoder
         ).numpy()
 
 
